@@ -1,0 +1,3 @@
+//! The `soilstream` command line.
+
+fn main() {}

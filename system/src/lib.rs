@@ -1,0 +1,22 @@
+//! soilstream: moves readings from remote soil-sensor field gateways into
+//! Kafka without losing, duplicating or reordering them, through network
+//! outages, power cuts, reboots and backfills.
+//!
+//! The crate is written against seams so that the same code runs on real
+//! hosts and inside the deterministic simulator:
+//!
+//! | seam | module |
+//! |---|---|
+//! | `Disk` | [`disk`] |
+//! | `Clock` | [`clock`] |
+//! | `LogProducer` / `LogConsumer` | [`transport`] |
+//! | `SchemaRegistry` | [`registry`] |
+//! | `SensorSource` | [`source`] |
+
+pub mod clock;
+pub mod codec;
+pub mod disk;
+pub mod model;
+pub mod registry;
+pub mod source;
+pub mod transport;

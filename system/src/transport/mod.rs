@@ -1,0 +1,213 @@
+//! The `LogProducer` / `LogConsumer` seam: what the system needs from a
+//! Kafka-protocol log, independent of how it is reached.
+//!
+//! Implementations: rdkafka against a real broker ([`kafka`]) and a client of
+//! the simulated broker over turmoil TCP (in `soilstream-sim`). Both give the
+//! same guarantees, which the forwarder and the checker rely on:
+//!
+//! - a record's delivery future resolves only after the broker acknowledged it
+//!   with `acks=all`, or when delivery has definitively failed;
+//! - within one producer session and one partition, records are appended in
+//!   the order they were enqueued (idempotent producer, retries never reorder);
+//! - the partition of a keyed record is [`partition_for_key`], identical to
+//!   the Java client's and librdkafka's `murmur2_random` partitioner.
+
+use futures::future::LocalBoxFuture;
+
+/// A record to append to a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRecord {
+    /// Topic name.
+    pub topic: String,
+    /// Record key (the sensor id for readings).
+    pub key: Vec<u8>,
+    /// Record value (Confluent wire format for readings).
+    pub value: Vec<u8>,
+    /// Record timestamp (CreateTime), ms since the Unix epoch: the event time.
+    pub timestamp_ms: i64,
+    /// Record headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPosition {
+    /// Partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+}
+
+/// Why a record was not delivered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProduceError {
+    /// The local send queue is full: back off and try again.
+    #[error("producer queue is full")]
+    QueueFull,
+    /// Delivery failed; the record may or may not be in the log. Resend it.
+    #[error("delivery failed: {0}")]
+    Delivery(String),
+    /// The producer can no longer be used (fatal idempotence error, closed);
+    /// create a new one and resend everything not yet acknowledged.
+    #[error("producer is unusable: {0}")]
+    Fatal(String),
+}
+
+/// The delivery report of one enqueued record.
+pub type DeliveryFuture = LocalBoxFuture<'static, Result<RecordPosition, ProduceError>>;
+
+/// Counters a producer exposes for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProducerStats {
+    /// Produce requests retried by the client (transport-level retries).
+    pub request_retries: u64,
+    /// Whether the client currently has a usable connection to the broker.
+    pub broker_up: bool,
+}
+
+/// Appends records to a log.
+pub trait LogProducer {
+    /// Queues `record` for delivery and returns its delivery report future.
+    /// Fails immediately with [`ProduceError::QueueFull`] when the client's
+    /// bounded queue is full.
+    fn enqueue(&self, record: OutboundRecord) -> Result<DeliveryFuture, ProduceError>;
+    /// Counters for metrics.
+    fn stats(&self) -> ProducerStats;
+}
+
+/// How the broker stamped a record's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampKind {
+    /// Set by the producer (the event time, for readings).
+    CreateTime,
+    /// Set by the broker on append.
+    LogAppendTime,
+    /// No timestamp.
+    NotAvailable,
+}
+
+/// A record read from a log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumedRecord {
+    /// Topic name.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Value, if any.
+    pub value: Option<Vec<u8>>,
+    /// Record timestamp in ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Who set the timestamp.
+    pub timestamp_kind: TimestampKind,
+    /// Headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ConsumedRecord {
+    /// The first header named `name`, if any.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOffset {
+    /// The oldest retained record.
+    Beginning,
+    /// After the newest record (only new records).
+    End,
+    /// A specific offset.
+    Offset(i64),
+    /// The consumer group's committed offset, or the beginning if none.
+    Committed,
+}
+
+/// Why a consumer operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConsumeError {
+    /// The topic does not exist.
+    #[error("unknown topic `{0}`")]
+    UnknownTopic(String),
+    /// The broker could not be reached in time; retry.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// Any other failure reported by the client.
+    #[error("consumer error: {0}")]
+    Other(String),
+}
+
+/// Reads records from a log, by explicit partition assignment.
+pub trait LogConsumer {
+    /// Number of partitions of `topic`.
+    fn partition_count(&self, topic: &str) -> LocalBoxFuture<'_, Result<u32, ConsumeError>>;
+    /// Low and high watermarks of a partition: the first retained offset and
+    /// the offset the next appended record will get.
+    fn watermarks(&self, topic: &str, partition: i32)
+    -> LocalBoxFuture<'_, Result<(i64, i64), ConsumeError>>;
+    /// Replaces the assignment: read these partitions of `topic` from these
+    /// positions.
+    fn assign(&mut self, topic: &str, starts: &[(i32, StartOffset)]) -> Result<(), ConsumeError>;
+    /// Waits up to `max_wait_ms` for records of the assigned partitions and
+    /// returns what arrived (possibly nothing), in offset order per partition.
+    fn poll(&mut self, max_wait_ms: u64) -> LocalBoxFuture<'_, Result<Vec<ConsumedRecord>, ConsumeError>>;
+    /// Commits, for the consumer group, the next offset to read per partition.
+    fn commit(
+        &mut self,
+        topic: &str,
+        next_offsets: &[(i32, i64)],
+    ) -> LocalBoxFuture<'_, Result<(), ConsumeError>>;
+}
+
+/// Seed of the Java client's murmur2 partitioner.
+const KAFKA_MURMUR2_SEED: u32 = 0x9747_b28c;
+
+/// The partition a keyed record goes to: `(murmur2(key) & 0x7fffffff) % n`,
+/// identical to the Java client's default partitioner and librdkafka's
+/// `murmur2_random` for non-empty keys.
+pub fn partition_for_key(key: &[u8], partition_count: u32) -> i32 {
+    assert!(partition_count > 0, "a topic has at least one partition");
+    let hash = murmur2::murmur2(key, KAFKA_MURMUR2_SEED) & 0x7fff_ffff;
+    (hash % partition_count) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test vectors of the Java client's `Utils.murmur2`.
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                murmur2::murmur2(key, KAFKA_MURMUR2_SEED) as i32,
+                expected,
+                "{key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn partition_is_positive_modulo() {
+        for n in 1..16 {
+            let p = partition_for_key(b"foobar", n);
+            assert!((0..n as i32).contains(&p));
+        }
+        assert_eq!(partition_for_key(b"foobar", 1), 0);
+    }
+}
