@@ -1,0 +1,31 @@
+//! Clients of the simulated broker over turmoil TCP: [`SimProducer`]
+//! (`LogProducer`) and [`SimConsumer`] (`LogConsumer`).
+//!
+//! turmoil's TCP has no retransmission: a stream that lost a segment (a
+//! partition, a held link, a crashed peer) may never deliver again. So every
+//! request has a timeout, and any I/O error or timeout drops the connection;
+//! the next request opens a new one.
+
+mod connection;
+mod consumer;
+mod producer;
+
+pub use consumer::{ConsumerConfig, OffsetReset, SimConsumer};
+pub use producer::{ProducerConfig, SimProducer};
+
+/// Why a client configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientConfigError {
+    /// A limit or timeout is zero or inconsistent.
+    #[error("invalid client setting: {0}")]
+    Invalid(String),
+}
+
+fn require_positive(settings: &[(&str, u64)]) -> Result<(), ClientConfigError> {
+    for (name, value) in settings {
+        if *value == 0 {
+            return Err(ClientConfigError::Invalid(format!("{name} must be positive")));
+        }
+    }
+    Ok(())
+}
