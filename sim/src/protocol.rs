@@ -237,10 +237,17 @@ pub struct WireRecord {
 }
 
 impl WireRecord {
-    /// Approximate size in bytes, for batch and fetch limits.
+    /// Size in bytes for batch and fetch limits: an upper bound of its
+    /// encoded size (payload bytes plus the worst-case length prefixes and
+    /// tags), so that limits in these units bound frames.
     pub fn size_bytes(&self) -> usize {
-        const OVERHEAD_BYTES: usize = 16;
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        const OVERHEAD_BYTES: usize = 32;
+        const HEADER_OVERHEAD_BYTES: usize = 12;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD_BYTES)
+            .sum();
         OVERHEAD_BYTES
             + self.key.as_ref().map_or(0, Vec::len)
             + self.value.as_ref().map_or(0, Vec::len)
@@ -492,6 +499,24 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn record_sizes_bound_their_encoding() {
+        let record = WireRecord {
+            key: Some(vec![1; 300]),
+            value: Some(vec![2; 70_000]),
+            timestamp_ms: i64::MIN,
+            headers: (0..20).map(|i| (format!("h{i}"), vec![3; 200])).collect(),
+        };
+        assert!(encode(&record).expect("encode").len() <= record.size_bytes());
+        let empty = WireRecord {
+            key: None,
+            value: None,
+            timestamp_ms: i64::MAX,
+            headers: vec![("".into(), vec![])],
+        };
+        assert!(encode(&empty).expect("encode").len() <= empty.size_bytes());
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl ProducerStateTable {
         assert!(record_count > 0, "batches are never empty");
         let meta = BatchMeta {
             first_sequence: base_sequence,
-            last_sequence: base_sequence + (record_count as u64 - 1),
+            last_sequence: base_sequence.saturating_add(record_count as u64 - 1),
             base_offset,
         };
         let entry = self

@@ -82,7 +82,16 @@ pub fn now_ms() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A builder whose crashes lose unsynced writes whole or keep whole 512-byte
+/// blocks of them (torn writes).
 pub fn builder(seed: u64) -> turmoil::Builder {
+    let mut builder = builder_atomic_writes(seed);
+    builder.fs().block_size(512);
+    builder
+}
+
+/// A builder whose crashes lose every unsynced write whole.
+pub fn builder_atomic_writes(seed: u64) -> turmoil::Builder {
     let mut builder = turmoil::Builder::new();
     builder
         .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS))
