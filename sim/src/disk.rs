@@ -18,6 +18,11 @@
 //! Every method must be called from inside a turmoil host: the filesystem is
 //! per host and turmoil finds it through the running host.
 //!
+//! Inject EIO and corruption through [`DiskFaults`], not through the builder's
+//! `fs().io_error_probability` / `corruption_probability`: those draw from
+//! turmoil's own RNG, which is not stable across turmoil versions. Torn
+//! writes (`block_size`) and `sync_probability` necessarily use it.
+//!
 //! Two deliberate differences from POSIX, both documented on the methods:
 //! [`Disk::create_dir_all`] makes the directories it creates durable at once
 //! (gateways are provisioned with their data directory; directory creation is

@@ -543,13 +543,16 @@ impl Worker {
                 );
                 continue;
             }
-            let queue = self
-                .partitions
-                .get_mut(&key)
-                .expect("included partitions have queues");
+            let Some(queue) = self.partitions.get_mut(&key) else {
+                continue;
+            };
             match result.result {
                 Ok(base_offset) => {
-                    let batch = queue.batch.take().expect("included partitions have a batch");
+                    // A second answer for the same batch finds none: ignore it.
+                    let Some(batch) = queue.batch.take() else {
+                        tracing::warn!(topic = key.0, partition = key.1, "batch answered twice; ignored");
+                        continue;
+                    };
                     let count = batch.records.len();
                     for (index, pending) in batch.records.into_iter().enumerate() {
                         let position = RecordPosition {
