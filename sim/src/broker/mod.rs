@@ -116,7 +116,8 @@ pub struct BrokerConfig {
     pub fetch_max_bytes: u32,
     /// Longest a fetch may wait for records.
     pub fetch_max_wait_ms: u64,
-    /// A connection idle this long is closed.
+    /// A connection idle this long is closed (default 10 minutes, Kafka's
+    /// `connections.max.idle.ms`).
     pub idle_timeout_ms: u64,
     /// Most concurrent connections; more are refused (closed at once).
     pub max_connections: usize,
@@ -145,7 +146,7 @@ impl BrokerConfig {
             fetch_max_records: 5_000,
             fetch_max_bytes: 4 * 1024 * 1024,
             fetch_max_wait_ms: 5_000,
-            idle_timeout_ms: 60_000,
+            idle_timeout_ms: 600_000,
             max_connections: 256,
             max_producers_per_partition: 1024,
             state_log_max_bytes: 256 * 1024,

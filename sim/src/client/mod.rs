@@ -5,6 +5,13 @@
 //! partition, a held link, a crashed peer) may never deliver again. So every
 //! request has a timeout, and any I/O error or timeout drops the connection;
 //! the next request opens a new one.
+//!
+//! Timeouts are in simulated ms, and turmoil moves a message at most once per
+//! tick in each direction: a request takes at least two ticks. With a tick of
+//! `T` ms, keep `request_timeout_ms` and `connect_timeout_ms` at `5·T` or
+//! more (the defaults, 1 s, suit ticks up to 200 ms). Measured: 5 gateways x
+//! 20 sensors sampling every minute for 48 simulated hours through one
+//! broker take about 2.5 s of wall time with a 1 s tick and timeouts of 10 s.
 
 mod connection;
 mod consumer;
