@@ -128,3 +128,34 @@ fn consumer_errors_are_reported_not_hidden() {
         }
     });
 }
+
+#[test]
+fn garbage_on_the_wire_closes_that_connection_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = WorldConfig::new(24);
+    let mut sim = builder(config.seed).build();
+    let broker = BrokerHost::new(broker_config(&config), config.seed).expect("config");
+    sim.host(BROKER, broker.software());
+    sim.client(CHECKER, async move {
+        for garbage in [
+            vec![0xff_u8; 64],
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            vec![0, 0, 0, 9, 1, 2, 3, 4, 5],
+        ] {
+            let mut stream = turmoil::net::TcpStream::connect((BROKER, PORT)).await?;
+            stream.write_all(&garbage).await?;
+            let mut buf = [0_u8; 16];
+            let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+            // Either the broker closes the stream, or it waits for the rest
+            // of a frame that never comes; it never answers garbage.
+            if let Ok(Ok(n)) = read {
+                assert_eq!(n, 0, "the broker answered garbage");
+            }
+        }
+        let consumer = SimConsumer::new(ConsumerConfig::new(BROKER, PORT))?;
+        assert_eq!(consumer.partition_count(TOPIC).await, Ok(config.partitions));
+        Ok(())
+    });
+    sim.run().expect("simulation");
+    assert_eq!(broker.observer.starts(), 1, "the broker did not restart");
+}
