@@ -13,7 +13,7 @@
 //! - **Slowness**: every request is answered after an extra delay (a stall,
 //!   if the delay exceeds the clients' request timeout).
 
-use crate::protocol::{ErrorCode, Request, Response};
+use crate::protocol::{ErrorCode, Response};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
@@ -151,7 +151,7 @@ impl BrokerFaults {
     }
 
     /// Decides the fate of a request arriving at simulated time `now_ms`.
-    pub fn plan_request(&self, _request: &Request, now_ms: u64) -> RequestPlan {
+    pub fn plan_request(&self, now_ms: u64) -> RequestPlan {
         let mut state = self.state.borrow_mut();
         let config = state.config;
         let in_window = config
@@ -211,17 +211,16 @@ mod tests {
         faults
             .update(|c| c.error_window_ms = Some((100, 200)))
             .expect("valid");
-        let request = Request::InitProducerId;
-        assert_eq!(faults.plan_request(&request, 99).error, None);
+        assert_eq!(faults.plan_request(99).error, None);
         assert_eq!(
-            faults.plan_request(&request, 100).error,
+            faults.plan_request(100).error,
             Some(ErrorCode::NotLeaderOrFollower)
         );
         assert_eq!(
-            faults.plan_request(&request, 199).error,
+            faults.plan_request(199).error,
             Some(ErrorCode::NotLeaderOrFollower)
         );
-        assert_eq!(faults.plan_request(&request, 200).error, None);
+        assert_eq!(faults.plan_request(200).error, None);
         assert_eq!(faults.stats().errors_injected, 2);
         assert!(faults.update(|c| c.error_window_ms = Some((5, 1))).is_err());
     }
@@ -261,6 +260,6 @@ mod tests {
         assert!(faults.update(|c| c.drop_ack_probability = 2.0).is_err());
         assert_eq!(faults.config(), BrokerFaultConfig::default());
         faults.update(|c| c.response_delay_ms = 30).expect("valid");
-        assert_eq!(faults.plan_request(&Request::InitProducerId, 0).delay_ms, 30);
+        assert_eq!(faults.plan_request(0).delay_ms, 30);
     }
 }

@@ -150,7 +150,7 @@ async fn serve_connection(mut stream: TcpStream, context: &ServerContext) -> Res
             Ok(Err(error)) => return Err(error),
         };
         let request: Request = protocol::decode(&frame.payload)?;
-        let plan = context.faults.plan_request(&request, sim_now_ms());
+        let plan = context.faults.plan_request(sim_now_ms());
         if plan.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(plan.delay_ms)).await;
         }
