@@ -14,6 +14,8 @@
 
 use futures::future::LocalBoxFuture;
 
+pub mod kafka;
+
 /// A record to append to a topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundRecord {

@@ -1,0 +1,526 @@
+//! `soilstream consume`: prints the readings of a topic, decoded, with where
+//! they are (topic, partition, offset) and both of their times (the Kafka
+//! record timestamp and the reading's event time), flagging any difference.
+//!
+//! A record that cannot be decoded (not the Confluent wire format, an Avro
+//! body that does not decode) is reported with its partition, offset and the
+//! reason, and consumption goes on.
+
+use anyhow::Context;
+use serde_json::json;
+use soilstream::codec::{ReadingCodec, from_wire};
+use soilstream::model::Reading;
+use soilstream::transport::kafka::{KafkaClientConfig, KafkaConsumer};
+use soilstream::transport::{ConsumeError, ConsumedRecord, LogConsumer, StartOffset, TimestampKind};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Longest single wait for records, in ms (keeps Ctrl-C and the idle timer
+/// responsive).
+const POLL_SLICE_MS: u64 = 200;
+
+/// Arguments of `soilstream consume`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    #[arg(long, env = "SOILSTREAM_BROKERS", value_name = "ADDR")]
+    brokers: String,
+    /// Topic to read (all of its partitions).
+    #[arg(long, value_name = "T")]
+    topic: String,
+    /// Start at the oldest retained record (default: only new records).
+    #[arg(long)]
+    from_beginning: bool,
+    /// Exit after printing this many records (undecodable ones included).
+    #[arg(long, value_name = "N")]
+    max_records: Option<u64>,
+    /// Exit once no record arrived for this many ms.
+    #[arg(long, value_name = "MS")]
+    idle_exit_ms: Option<u64>,
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// A librdkafka property, e.g. `-X security.protocol=SSL` (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    properties: Vec<(String, String)>,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
+    }
+}
+
+/// Counts printed at the end.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Summary {
+    records: u64,
+    undecodable: u64,
+    flagged: u64,
+}
+
+/// Runs the command; returns when a limit is reached or on Ctrl-C.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = KafkaClientConfig {
+        bootstrap_servers: args.brokers.clone(),
+        properties: args.properties.iter().cloned().collect(),
+    };
+    // The group only names this reader; it never joins it nor commits.
+    let group_id = format!("soilstream-consume-{}", std::process::id());
+    let mut consumer = KafkaConsumer::new(&config, &group_id).context("creating the Kafka consumer")?;
+    let partitions = consumer
+        .partition_count(&args.topic)
+        .await
+        .with_context(|| format!("reading the partitions of `{}` from {}", args.topic, args.brokers))?;
+    let start = if args.from_beginning {
+        StartOffset::Beginning
+    } else {
+        StartOffset::End
+    };
+    let starts: Vec<(i32, StartOffset)> = (0..partitions)
+        .map(|p| (i32::try_from(p).unwrap_or(i32::MAX), start))
+        .collect();
+    consumer
+        .assign(&args.topic, &starts)
+        .with_context(|| format!("assigning the partitions of `{}`", args.topic))?;
+    tracing::info!(topic = %args.topic, partitions, from_beginning = args.from_beginning, "consuming");
+
+    let codec = ReadingCodec::v1();
+    let mut summary = Summary::default();
+    let mut stdout = std::io::stdout().lock();
+    let mut last_record_at = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    'consume: loop {
+        if args.max_records.is_some_and(|max| summary.records >= max) {
+            break;
+        }
+        let mut wait_ms = POLL_SLICE_MS;
+        if let Some(idle_ms) = args.idle_exit_ms {
+            let idle_for_ms = u64::try_from(last_record_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if idle_for_ms >= idle_ms {
+                tracing::info!(idle_ms, "no record for the idle limit; exiting");
+                break;
+            }
+            wait_ms = wait_ms.min(idle_ms - idle_for_ms);
+        }
+        let batch = tokio::select! {
+            biased;
+            _ = &mut ctrl_c => break,
+            batch = consumer.poll(wait_ms) => batch,
+        };
+        let records = match batch {
+            Ok(records) => records,
+            Err(ConsumeError::UnknownTopic(topic)) => {
+                anyhow::bail!("topic `{topic}` does not exist (any more)");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "poll failed; retrying");
+                tokio::time::sleep(Duration::from_millis(POLL_SLICE_MS)).await;
+                continue;
+            }
+        };
+        for record in records {
+            last_record_at = Instant::now();
+            let view = RecordView::new(&codec, &record);
+            summary.records += 1;
+            if view.decoded.is_err() {
+                summary.undecodable += 1;
+            } else if !view.flags().is_empty() {
+                summary.flagged += 1;
+            }
+            let line = if args.json {
+                view.to_json().to_string()
+            } else {
+                view.to_text()
+            };
+            match writeln!(stdout, "{line}") {
+                Ok(()) => {}
+                // The reader went away (`| head`): stop quietly.
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => break 'consume,
+                Err(error) => return Err(error).context("writing to stdout"),
+            }
+            if args.max_records.is_some_and(|max| summary.records >= max) {
+                break 'consume;
+            }
+        }
+        if let Err(error) = stdout.flush()
+            && error.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            break;
+        }
+    }
+    let _ = stdout.flush();
+    eprintln!(
+        "consumed {} record(s) from `{}`: {} undecodable, {} flagged",
+        summary.records, args.topic, summary.undecodable, summary.flagged
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Decodes a record value into its schema id and reading. This is the one
+/// place that maps a schema id to a decoder: for now every id is decoded with
+/// the v1 schema; a registry lookup of the writer schema slots in here.
+fn decode_value(codec: &ReadingCodec, value: Option<&[u8]>) -> Result<(u32, Reading), String> {
+    let value = value.ok_or_else(|| "no value (tombstone)".to_string())?;
+    let (schema_id, body) = from_wire(value).map_err(|e| e.to_string())?;
+    let reading = codec
+        .decode_body(body)
+        .map_err(|e| format!("schema id {schema_id}: {e}"))?;
+    Ok((schema_id, reading))
+}
+
+/// A consumed record with its decoded reading, ready to print.
+struct RecordView<'a> {
+    record: &'a ConsumedRecord,
+    decoded: Result<(u32, Reading), String>,
+}
+
+/// A header value as text when it is UTF-8 without control characters, else
+/// as hex.
+fn header_text(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+        _ => {
+            let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+            format!("0x{hex}")
+        }
+    }
+}
+
+fn timestamp_kind_name(kind: TimestampKind) -> &'static str {
+    match kind {
+        TimestampKind::CreateTime => "CreateTime",
+        TimestampKind::LogAppendTime => "LogAppendTime",
+        TimestampKind::NotAvailable => "NoTimestamp",
+    }
+}
+
+impl<'a> RecordView<'a> {
+    fn new(codec: &ReadingCodec, record: &'a ConsumedRecord) -> Self {
+        Self {
+            record,
+            decoded: decode_value(codec, record.value.as_deref()),
+        }
+    }
+
+    fn position(&self) -> String {
+        format!(
+            "{}/{}@{}",
+            self.record.topic, self.record.partition, self.record.offset
+        )
+    }
+
+    fn timestamp_text(&self) -> String {
+        match self.record.timestamp_kind {
+            TimestampKind::NotAvailable => "-".to_string(),
+            _ => format_rfc3339_ms(self.record.timestamp_ms),
+        }
+    }
+
+    /// Kafka timestamp minus event time, in ms, when both exist.
+    fn timestamp_skew_ms(&self) -> Option<i64> {
+        let (_, reading) = self.decoded.as_ref().ok()?;
+        if self.record.timestamp_kind == TimestampKind::NotAvailable {
+            return None;
+        }
+        Some(self.record.timestamp_ms.saturating_sub(reading.event_time_ms))
+    }
+
+    /// What is inconsistent between the record and its reading.
+    fn flags(&self) -> Vec<String> {
+        let Ok((_, reading)) = &self.decoded else {
+            return Vec::new();
+        };
+        let mut flags = Vec::new();
+        match self.timestamp_skew_ms() {
+            Some(0) => {}
+            Some(skew) => flags.push(format!("kafka timestamp differs from event time by {skew:+} ms")),
+            None => flags.push("record has no timestamp".to_string()),
+        }
+        if self.record.key.as_deref() != Some(reading.sensor_id.as_bytes()) {
+            let key = self
+                .record
+                .key
+                .as_deref()
+                .map_or("<none>".to_string(), header_text);
+            flags.push(format!("key `{key}` differs from sensor_id"));
+        }
+        if let Some(gateway) = self.record.header("gateway_id")
+            && gateway != reading.gateway_id.as_bytes()
+        {
+            flags.push(format!(
+                "header gateway_id `{}` differs from the reading",
+                header_text(gateway)
+            ));
+        }
+        if let Some(seq) = self.record.header("seq")
+            && seq != reading.seq.to_string().as_bytes()
+        {
+            flags.push(format!(
+                "header seq `{}` differs from the reading",
+                header_text(seq)
+            ));
+        }
+        flags
+    }
+
+    fn to_text(&self) -> String {
+        let mut out = format!(
+            "{}  {} {}",
+            self.position(),
+            self.timestamp_text(),
+            timestamp_kind_name(self.record.timestamp_kind)
+        );
+        match &self.decoded {
+            Err(reason) => out.push_str(&format!("  UNDECODABLE: {reason}")),
+            Ok((schema_id, r)) => {
+                out.push_str(&format!("  schema {schema_id}\n"));
+                let optional = |value: Option<f64>, unit: &str, digits: usize| {
+                    value.map_or("-".to_string(), |v| format!("{v:.digits$} {unit}"))
+                };
+                out.push_str(&format!(
+                    "  {}/{} seq={} event_time={} moisture={:.3} m3/m3 temp={:.2} C ec={} depth={} cm battery={}",
+                    r.gateway_id,
+                    r.sensor_id,
+                    r.seq,
+                    format_rfc3339_ms(r.event_time_ms),
+                    r.moisture_vwc,
+                    r.soil_temp_c,
+                    optional(r.bulk_ec_ds_m, "dS/m", 3),
+                    r.depth_cm,
+                    optional(r.battery_v, "V", 2),
+                ));
+            }
+        }
+        if !self.record.headers.is_empty() {
+            let headers: Vec<String> = self
+                .record
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}={}", header_text(v)))
+                .collect();
+            out.push_str(&format!("\n  headers: {}", headers.join(" ")));
+        }
+        for flag in self.flags() {
+            out.push_str(&format!("\n  ! {flag}"));
+        }
+        out
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let headers: Vec<serde_json::Value> = self
+            .record
+            .headers
+            .iter()
+            .map(|(k, v)| json!({ "key": k, "value": header_text(v) }))
+            .collect();
+        let mut out = json!({
+            "topic": self.record.topic,
+            "partition": self.record.partition,
+            "offset": self.record.offset,
+            "timestamp_ms": self.record.timestamp_ms,
+            "timestamp": self.timestamp_text(),
+            "timestamp_type": timestamp_kind_name(self.record.timestamp_kind),
+            "key": self.record.key.as_deref().map(header_text),
+            "headers": headers,
+        });
+        let mut fields = BTreeMap::new();
+        match &self.decoded {
+            Err(reason) => {
+                fields.insert("error", json!(reason));
+            }
+            Ok((schema_id, reading)) => {
+                let mut reading_json = serde_json::to_value(reading).unwrap_or_else(|_| json!({}));
+                if let Some(object) = reading_json.as_object_mut() {
+                    object.insert(
+                        "event_time".into(),
+                        json!(format_rfc3339_ms(reading.event_time_ms)),
+                    );
+                }
+                fields.insert("schema_id", json!(schema_id));
+                fields.insert("reading", reading_json);
+                fields.insert("timestamp_minus_event_time_ms", json!(self.timestamp_skew_ms()));
+                fields.insert("flags", json!(self.flags()));
+            }
+        }
+        if let Some(object) = out.as_object_mut() {
+            for (key, value) in fields {
+                object.insert(key.into(), value);
+            }
+        }
+        out
+    }
+}
+
+/// Formats ms since the Unix epoch as RFC 3339 in UTC with milliseconds,
+/// e.g. `2023-11-14T22:13:20.000Z` (proleptic Gregorian calendar; years
+/// outside 0..=9999 get more digits or a sign).
+fn format_rfc3339_ms(ms: i64) -> String {
+    let seconds = ms.div_euclid(1_000);
+    let millis = ms.rem_euclid(1_000);
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    // Days to civil date (Howard Hinnant's algorithm), shifted so that eras
+    // start on 0000-03-01.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        second_of_day / 3_600,
+        second_of_day % 3_600 / 60,
+        second_of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use soilstream::codec::to_wire;
+
+    fn reading() -> Reading {
+        Reading {
+            gateway_id: "gw-01".into(),
+            sensor_id: "probe-07".into(),
+            seq: 42,
+            event_time_ms: 1_700_000_000_000,
+            moisture_vwc: 0.31,
+            soil_temp_c: 14.5,
+            bulk_ec_ds_m: Some(0.42),
+            depth_cm: 30,
+            battery_v: None,
+        }
+    }
+
+    fn record(value: Vec<u8>, timestamp_ms: i64) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: "soil-moisture-raw".into(),
+            partition: 2,
+            offset: 17,
+            key: Some(b"probe-07".to_vec()),
+            value: Some(value),
+            timestamp_ms,
+            timestamp_kind: TimestampKind::CreateTime,
+            headers: vec![
+                ("gateway_id".into(), b"gw-01".to_vec()),
+                ("seq".into(), b"42".to_vec()),
+            ],
+        }
+    }
+
+    fn wire(reading: &Reading) -> Vec<u8> {
+        to_wire(3, &ReadingCodec::v1().encode_body(reading).unwrap())
+    }
+
+    #[test]
+    fn rfc3339_formatting() {
+        assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(format_rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(format_rfc3339_ms(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+        assert_eq!(format_rfc3339_ms(-62_135_596_800_000), "0001-01-01T00:00:00.000Z");
+        // Extremes format without panicking.
+        assert!(format_rfc3339_ms(i64::MIN).ends_with('Z'));
+        assert!(format_rfc3339_ms(i64::MAX).ends_with('Z'));
+    }
+
+    #[test]
+    fn properties_parse() {
+        assert_eq!(
+            parse_property("security.protocol=SSL"),
+            Ok(("security.protocol".into(), "SSL".into()))
+        );
+        assert_eq!(parse_property("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_property("novalue").is_err());
+        assert!(parse_property("=x").is_err());
+    }
+
+    #[test]
+    fn a_consistent_record_prints_every_field_and_no_flag() {
+        let codec = ReadingCodec::v1();
+        let r = record(wire(&reading()), 1_700_000_000_000);
+        let view = RecordView::new(&codec, &r);
+        let text = view.to_text();
+        for needle in [
+            "soil-moisture-raw/2@17",
+            "2023-11-14T22:13:20.000Z CreateTime",
+            "schema 3",
+            "gw-01/probe-07 seq=42",
+            "event_time=2023-11-14T22:13:20.000Z",
+            "moisture=0.310 m3/m3",
+            "temp=14.50 C",
+            "ec=0.420 dS/m",
+            "depth=30 cm",
+            "battery=-",
+            "headers: gateway_id=gw-01 seq=42",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
+        assert!(!text.contains('!'), "{text}");
+        let json = view.to_json();
+        assert_eq!(json["schema_id"], 3);
+        assert_eq!(json["reading"]["seq"], 42);
+        assert_eq!(json["reading"]["event_time"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(json["timestamp_minus_event_time_ms"], 0);
+        assert_eq!(json["flags"], json!([]));
+        assert_eq!(json["headers"][1], json!({"key": "seq", "value": "42"}));
+    }
+
+    #[test]
+    fn inconsistencies_are_flagged() {
+        let codec = ReadingCodec::v1();
+        let mut r = record(wire(&reading()), 1_700_000_001_500);
+        r.headers[1].1 = b"41".to_vec();
+        r.key = Some(b"other".to_vec());
+        let view = RecordView::new(&codec, &r);
+        let flags = view.flags();
+        assert_eq!(flags.len(), 3, "{flags:?}");
+        assert!(flags[0].contains("+1500 ms"), "{flags:?}");
+        assert!(
+            view.to_text()
+                .contains("! kafka timestamp differs from event time by +1500 ms")
+        );
+        assert_eq!(view.to_json()["timestamp_minus_event_time_ms"], 1_500);
+        r.timestamp_kind = TimestampKind::NotAvailable;
+        assert!(RecordView::new(&codec, &r).flags()[0].contains("no timestamp"));
+    }
+
+    #[test]
+    fn undecodable_records_are_reported_with_their_reason() {
+        let codec = ReadingCodec::v1();
+        let bad_magic = record(vec![7, 0, 0, 0, 1, 1, 2, 3], 0);
+        let text = RecordView::new(&codec, &bad_magic).to_text();
+        assert!(text.starts_with("soil-moisture-raw/2@17"), "{text}");
+        assert!(
+            text.contains("UNDECODABLE") && text.contains("magic byte 7"),
+            "{text}"
+        );
+        let bad_body = record(to_wire(1, &[0xff, 0xff, 0xff]), 0);
+        let json = RecordView::new(&codec, &bad_body).to_json();
+        assert!(json["error"].as_str().unwrap().contains("schema id 1"), "{json}");
+        assert_eq!(json["offset"], 17);
+        let mut tombstone = record(vec![], 0);
+        tombstone.value = None;
+        assert!(
+            RecordView::new(&codec, &tombstone)
+                .to_text()
+                .contains("tombstone")
+        );
+        assert_eq!(header_text(&[0xff, 0x01]), "0xff01");
+    }
+}
