@@ -12,6 +12,8 @@
 //! | `LogProducer` / `LogConsumer` | [`transport`] |
 //! | `SchemaRegistry` | [`registry`] |
 //! | `SensorSource` | [`source`] |
+//!
+//! The gateway's durable queue of readings is the [`spool`].
 
 pub mod clock;
 pub mod codec;
@@ -19,4 +21,5 @@ pub mod disk;
 pub mod model;
 pub mod registry;
 pub mod source;
+pub mod spool;
 pub mod transport;

@@ -3,7 +3,7 @@
 //! Everything durable in soilstream goes through this trait so that the same
 //! spool code runs on a real filesystem ([`StdDisk`]), on turmoil's simulated
 //! filesystem (in `soilstream-sim`) and on a crash-simulating in-memory disk
-//! used by the property tests.
+//! used by the property tests ([`memory::CrashDisk`]).
 //!
 //! Durability contract, as on POSIX:
 //! - bytes written by [`DiskFile::append`] are durable only after
@@ -11,6 +11,7 @@
 //! - a newly created, renamed or removed directory entry is durable only after
 //!   [`Disk::sync_dir`] on its parent returns.
 
+pub mod memory;
 mod std_disk;
 
 pub use std_disk::StdDisk;
