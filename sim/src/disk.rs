@@ -58,6 +58,11 @@ pub struct DiskFaultConfig {
     /// Total bytes the host's files may hold; an append or file creation that
     /// would exceed it fails with ENOSPC. `None`: unlimited.
     pub capacity_bytes: Option<u64>,
+    /// "Disk full from now on": the first write after this is set measures the
+    /// bytes in use and allows only this many more (ENOSPC beyond). Lets a
+    /// scenario fill the disk at a moment without knowing its usage. `None`:
+    /// off (clearing it forgets the measured usage).
+    pub full_headroom_bytes: Option<u64>,
     /// Probability that a read or a directory listing fails with EIO.
     pub read_error_probability: f64,
     /// Probability that an append, file creation, rename or removal fails
@@ -104,6 +109,9 @@ pub struct BitFlip {
     /// A file, or a directory: then one of its regular files is chosen at
     /// random (by sorted name, from the fault stream).
     pub path: PathBuf,
+    /// When `path` is a directory: choose only among files whose name starts
+    /// with this (e.g. `seg-` for spool segments). `None`: any file.
+    pub name_prefix: Option<String>,
     /// Where in the file.
     pub at: DamageAt,
     /// Bits to flip; must not be zero.
@@ -162,6 +170,8 @@ pub enum DiskFaultError {
 #[derive(Debug)]
 struct DiskFaultState {
     config: DiskFaultConfig,
+    /// Bytes in use when `full_headroom_bytes` was first enforced.
+    full_anchor_used_bytes: Option<u64>,
     rng: ChaCha8Rng,
     pending_bit_flips: VecDeque<BitFlip>,
     applied_bit_flips: VecDeque<AppliedBitFlip>,
@@ -193,6 +203,7 @@ impl DiskFaults {
         Self {
             state: Rc::new(RefCell::new(DiskFaultState {
                 config: DiskFaultConfig::default(),
+                full_anchor_used_bytes: None,
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 pending_bit_flips: VecDeque::new(),
                 applied_bit_flips: VecDeque::new(),
@@ -209,7 +220,11 @@ impl DiskFaults {
     /// Replaces every setting.
     pub fn set_config(&self, config: DiskFaultConfig) -> Result<(), DiskFaultError> {
         config.validate()?;
-        self.state.borrow_mut().config = config;
+        let mut state = self.state.borrow_mut();
+        if config.full_headroom_bytes != state.config.full_headroom_bytes {
+            state.full_anchor_used_bytes = None;
+        }
+        state.config = config;
         Ok(())
     }
 
@@ -223,7 +238,27 @@ impl DiskFaults {
 
     /// Turns every fault off (pending bit flips stay queued).
     pub fn heal(&self) {
-        self.state.borrow_mut().config = DiskFaultConfig::default();
+        let mut state = self.state.borrow_mut();
+        state.config = DiskFaultConfig::default();
+        state.full_anchor_used_bytes = None;
+    }
+
+    /// The byte limit from `full_headroom_bytes`, measuring usage with
+    /// `used_bytes` the first time it is needed.
+    fn headroom_limit(&self, used_bytes: impl FnOnce() -> io::Result<u64>) -> io::Result<Option<u64>> {
+        let Some(headroom) = self.config().full_headroom_bytes else {
+            return Ok(None);
+        };
+        let anchor = self.state.borrow().full_anchor_used_bytes;
+        let anchor = match anchor {
+            Some(anchor) => anchor,
+            None => {
+                let used = used_bytes()?;
+                self.state.borrow_mut().full_anchor_used_bytes = Some(used);
+                used
+            }
+        };
+        Ok(Some(anchor.saturating_add(headroom)))
     }
 
     /// Queues damage to be written into a stored file by the host's
@@ -353,7 +388,10 @@ impl SimDisk {
     fn apply_bit_flip(&self, flip: &BitFlip) -> io::Result<Option<AppliedBitFlip>> {
         require_absolute(&flip.path)?;
         let path = if simfs::metadata(&flip.path)?.is_dir() {
-            let names = list_files(&flip.path)?;
+            let mut names = list_files(&flip.path)?;
+            if let Some(prefix) = &flip.name_prefix {
+                names.retain(|name| name.starts_with(prefix.as_str()));
+            }
             if names.is_empty() {
                 return Ok(None);
             }
@@ -396,7 +434,12 @@ impl SimDisk {
             self.faults.count(|s| s.write_errors += 1);
             return Err(eio(what));
         }
-        if let Some(capacity_bytes) = self.faults.config().capacity_bytes {
+        let headroom_limit = self.faults.headroom_limit(|| self.used_bytes())?;
+        let limit = match (self.faults.config().capacity_bytes, headroom_limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(capacity_bytes) = limit {
             let used = self.used_bytes()?;
             if used.saturating_add(additional_bytes) > capacity_bytes {
                 self.faults.count(|s| s.no_space_errors += 1);
@@ -751,6 +794,33 @@ mod tests {
     }
 
     #[test]
+    fn full_headroom_measures_usage_when_first_enforced() {
+        let mut sim = builder().build();
+        let faults = DiskFaults::new(4);
+        let handle = faults.clone();
+        sim.client("c", async move {
+            let disk = SimDisk::new(handle.clone());
+            disk.create_dir_all(Path::new("/d"))?;
+            let mut file = disk.create_new(Path::new("/d/f"))?;
+            file.append(&[1; 300])?;
+            handle.update(|c| c.full_headroom_bytes = Some(20))?;
+            file.append(&[2; 20])?;
+            let full = file.append(&[3; 1]).expect_err("headroom used up");
+            assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+            handle.update(|c| c.full_headroom_bytes = None)?;
+            file.append(&[4; 100])?;
+            // Re-arming measures usage again (420 bytes now).
+            handle.update(|c| c.full_headroom_bytes = Some(0))?;
+            assert!(file.append(&[5; 1]).is_err());
+            handle.heal();
+            file.append(&[6; 1])?;
+            Ok(())
+        });
+        sim.run().expect("simulation");
+        assert_eq!(faults.stats().no_space_errors, 2);
+    }
+
+    #[test]
     fn faults_are_injected_and_healed() {
         let mut sim = builder().build();
         let faults = DiskFaults::new(3);
@@ -843,6 +913,7 @@ mod tests {
         sim.crash("h");
         faults
             .schedule_bit_flip(BitFlip {
+                name_prefix: None,
                 path: "/spool/seg".into(),
                 at: DamageAt::Offset(5),
                 xor_mask: 0x81,
@@ -850,6 +921,7 @@ mod tests {
             .expect("queued");
         faults
             .schedule_bit_flip(BitFlip {
+                name_prefix: None,
                 path: "/spool".into(),
                 at: DamageAt::Random,
                 xor_mask: 0x10,
@@ -857,6 +929,7 @@ mod tests {
             .expect("queued");
         assert_eq!(
             faults.schedule_bit_flip(BitFlip {
+                name_prefix: None,
                 path: "/spool".into(),
                 at: DamageAt::Random,
                 xor_mask: 0,

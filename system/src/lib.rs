@@ -18,6 +18,8 @@
 pub mod clock;
 pub mod codec;
 pub mod disk;
+pub mod gateway;
+pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod source;

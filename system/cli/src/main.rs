@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod consume_cmd;
+mod gateway_cmd;
+mod sim_cmd;
 
 /// soilstream: fault-tolerant ingestion of field soil-sensor readings into Kafka.
 #[derive(Debug, Parser)]
@@ -18,8 +20,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a field gateway: sample probes into the durable spool and forward
+    /// it to the raw topic (runs on embedded defaults without --config).
+    Gateway(gateway_cmd::Args),
     /// Print the readings of a topic, decoded, with partition, offset and times.
     Consume(consume_cmd::Args),
+    /// Play scenarios in the deterministic simulator and check the invariants.
+    Sim(sim_cmd::Args),
 }
 
 /// Runs an async command on a current-thread tokio runtime.
@@ -32,20 +39,29 @@ fn block_on(
         .block_on(command)
 }
 
-fn init_tracing() {
+/// Logs go to stderr, filtered by `SOILSTREAM_LOG` (e.g. `debug`,
+/// `soilstream::spool=trace`), else at `default_level`.
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SOILSTREAM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Simulation runs log thousands of simulated events: quiet by default.
+    init_tracing(match cli.command {
+        Command::Sim(_) => "warn",
+        _ => "info",
+    });
     let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Gateway(args) => block_on(gateway_cmd::run(args)),
         Command::Consume(args) => block_on(consume_cmd::run(args)),
+        Command::Sim(args) => sim_cmd::run(args),
     };
     match result {
         Ok(code) => code,

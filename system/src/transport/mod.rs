@@ -213,3 +213,71 @@ mod tests {
         assert_eq!(partition_for_key(b"foobar", 1), 0);
     }
 }
+
+/// Most records [`read_topic_to_end`] returns, to bound memory.
+pub const READ_TO_END_MAX_RECORDS: usize = 10_000_000;
+
+/// Reads every partition of `topic` from its low watermark up to the high
+/// watermark observed at the start, and returns the records in (partition,
+/// offset) order. Gives up with [`ConsumeError::Unavailable`] when no progress
+/// is made for `stall_timeout_ms`.
+pub async fn read_topic_to_end(
+    consumer: &mut dyn LogConsumer,
+    topic: &str,
+    stall_timeout_ms: u64,
+) -> Result<Vec<ConsumedRecord>, ConsumeError> {
+    let partitions = consumer.partition_count(topic).await?;
+    let mut targets = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions as i32 {
+        let (_low, high) = consumer.watermarks(topic, partition).await?;
+        targets.push((partition, high));
+    }
+    let starts: Vec<(i32, StartOffset)> = targets
+        .iter()
+        .filter(|(_, high)| *high > 0)
+        .map(|(p, _)| (*p, StartOffset::Beginning))
+        .collect();
+    let mut records = Vec::new();
+    if starts.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(topic, &starts)?;
+    let mut next_offset: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+    let done = |next: &std::collections::BTreeMap<i32, i64>| {
+        targets
+            .iter()
+            .all(|(p, high)| *high == 0 || next.get(p).is_some_and(|n| n >= high))
+    };
+    let mut waited_ms = 0;
+    const POLL_MS: u64 = 100;
+    while !done(&next_offset) {
+        let batch = consumer.poll(POLL_MS).await?;
+        if batch.is_empty() {
+            waited_ms += POLL_MS;
+            if waited_ms >= stall_timeout_ms {
+                return Err(ConsumeError::Unavailable(format!(
+                    "reading `{topic}` to its end made no progress for {stall_timeout_ms} ms"
+                )));
+            }
+            continue;
+        }
+        waited_ms = 0;
+        for record in batch {
+            let high = targets
+                .iter()
+                .find(|(p, _)| *p == record.partition)
+                .map_or(0, |(_, h)| *h);
+            if record.offset < high {
+                next_offset.insert(record.partition, record.offset + 1);
+                records.push(record);
+            }
+        }
+        if records.len() > READ_TO_END_MAX_RECORDS {
+            return Err(ConsumeError::Other(format!(
+                "`{topic}` holds more than {READ_TO_END_MAX_RECORDS} records"
+            )));
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok(records)
+}

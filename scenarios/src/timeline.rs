@@ -1,0 +1,236 @@
+//! The fault timeline: scenario faults expanded into timed actions.
+
+use crate::scenario::{Fault, Scenario};
+
+/// One thing the runner does to the world at a point in simulated time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Cut both directions between a gateway and the broker.
+    Partition(u32),
+    /// Cut one direction (`to_gateway`: broker-to-gateway).
+    PartitionOneWay(u32, bool),
+    /// Restore both directions.
+    Repair(u32),
+    /// Hold messages between a gateway and the broker.
+    Hold(u32),
+    /// Release held messages.
+    Release(u32),
+    /// Set a gateway link's latency, ms (None = back to the scenario's).
+    Latency(u32, Option<u64>),
+    /// Power cut: partition, crash (unsynced data lost).
+    PowerOff(u32),
+    /// Power back: jump the clock, repair, restart.
+    PowerOn(u32, i64),
+    /// Clean crash.
+    Crash(u32),
+    /// Restart after a crash.
+    Restart(u32),
+    /// Broker crash.
+    BrokerCrash,
+    /// Broker restart.
+    BrokerRestart,
+    /// Broker drops acks with this probability (0 heals).
+    AckLoss(f64),
+    /// Broker answers with retriable errors with this probability (0 heals).
+    RequestErrors(f64),
+    /// Limit a gateway's disk to used bytes + headroom (None heals).
+    DiskFull(u32, Option<u64>),
+    /// I/O error probability on a gateway's disk (0 heals).
+    IoErrors(u32, f64),
+    /// Read corruption probability on a gateway's disk (0 heals).
+    ReadCorruption(u32, f64),
+    /// Flip bits in a gateway's spool files.
+    BitFlips(u32, u32),
+    /// Jump a gateway's clock, ms.
+    ClockJump(u32, i64),
+}
+
+/// An action at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedAction {
+    /// When, ms of simulated time.
+    pub at_ms: u64,
+    /// What.
+    pub action: Action,
+}
+
+/// Expands the scenario's faults into actions sorted by time (stable: faults
+/// at the same time keep their file order).
+pub fn expand(scenario: &Scenario) -> Vec<TimedAction> {
+    let mut actions = Vec::new();
+    let mut push = |at_s: u64, action: Action| {
+        actions.push(TimedAction {
+            at_ms: at_s * 1_000,
+            action,
+        })
+    };
+    for fault in &scenario.faults {
+        match *fault {
+            Fault::NetworkOutage {
+                gateway,
+                at_s,
+                duration_s,
+            } => {
+                push(at_s, Action::Partition(gateway));
+                push(at_s + duration_s, Action::Repair(gateway));
+            }
+            Fault::OneWayOutage {
+                gateway,
+                at_s,
+                duration_s,
+                to_gateway,
+            } => {
+                push(at_s, Action::PartitionOneWay(gateway, to_gateway));
+                push(at_s + duration_s, Action::Repair(gateway));
+            }
+            Fault::Hold {
+                gateway,
+                at_s,
+                duration_s,
+            } => {
+                push(at_s, Action::Hold(gateway));
+                push(at_s + duration_s, Action::Release(gateway));
+            }
+            Fault::LatencySpike {
+                gateway,
+                at_s,
+                duration_s,
+                latency_ms,
+            } => {
+                push(at_s, Action::Latency(gateway, Some(latency_ms)));
+                push(at_s + duration_s, Action::Latency(gateway, None));
+            }
+            Fault::FlappingLink {
+                gateway,
+                at_s,
+                down_s,
+                up_s,
+                cycles,
+            } => {
+                for cycle in 0..u64::from(cycles) {
+                    let start = at_s + cycle * (down_s + up_s);
+                    push(start, Action::Partition(gateway));
+                    push(start + down_s, Action::Repair(gateway));
+                }
+            }
+            Fault::PowerLoss {
+                gateway,
+                at_s,
+                duration_s,
+                clock_jump_ms,
+            } => {
+                push(at_s, Action::PowerOff(gateway));
+                push(at_s + duration_s, Action::PowerOn(gateway, clock_jump_ms));
+            }
+            Fault::Crash {
+                gateway,
+                at_s,
+                duration_s,
+            } => {
+                push(at_s, Action::Crash(gateway));
+                push(at_s + duration_s, Action::Restart(gateway));
+            }
+            Fault::RebootLoop {
+                gateway,
+                at_s,
+                up_s,
+                down_s,
+                cycles,
+            } => {
+                for cycle in 0..u64::from(cycles) {
+                    let start = at_s + cycle * (down_s + up_s) + up_s;
+                    push(start, Action::PowerOff(gateway));
+                    push(start + down_s, Action::PowerOn(gateway, 0));
+                }
+            }
+            Fault::BrokerCrash { at_s, duration_s } => {
+                push(at_s, Action::BrokerCrash);
+                push(at_s + duration_s, Action::BrokerRestart);
+            }
+            Fault::AckLoss {
+                at_s,
+                duration_s,
+                probability,
+            } => {
+                push(at_s, Action::AckLoss(probability));
+                push(at_s + duration_s, Action::AckLoss(0.0));
+            }
+            Fault::RequestErrors {
+                at_s,
+                duration_s,
+                probability,
+            } => {
+                push(at_s, Action::RequestErrors(probability));
+                push(at_s + duration_s, Action::RequestErrors(0.0));
+            }
+            Fault::DiskFull {
+                gateway,
+                at_s,
+                duration_s,
+                headroom_bytes,
+            } => {
+                push(at_s, Action::DiskFull(gateway, Some(headroom_bytes)));
+                push(at_s + duration_s, Action::DiskFull(gateway, None));
+            }
+            Fault::IoErrors {
+                gateway,
+                at_s,
+                duration_s,
+                probability,
+            } => {
+                push(at_s, Action::IoErrors(gateway, probability));
+                push(at_s + duration_s, Action::IoErrors(gateway, 0.0));
+            }
+            Fault::ReadCorruption {
+                gateway,
+                at_s,
+                duration_s,
+                probability,
+            } => {
+                push(at_s, Action::ReadCorruption(gateway, probability));
+                push(at_s + duration_s, Action::ReadCorruption(gateway, 0.0));
+            }
+            Fault::BitFlips { gateway, at_s, flips } => push(at_s, Action::BitFlips(gateway, flips)),
+            Fault::ClockJump { gateway, at_s, jump_ms } => push(at_s, Action::ClockJump(gateway, jump_ms)),
+        }
+    }
+    actions.sort_by_key(|a| a.at_ms);
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reboot_loop_expands_in_order() {
+        let s = Scenario::parse(
+            r#"
+name = "t"
+duration_s = 1000
+[topology]
+gateways = 1
+sensors_per_gateway = 1
+[[fault]]
+kind = "reboot_loop"
+gateway = 0
+at_s = 100
+up_s = 10
+down_s = 20
+cycles = 2
+"#,
+            "t",
+        )
+        .unwrap();
+        let at: Vec<_> = expand(&s).iter().map(|a| (a.at_ms / 1000, a.action.clone())).collect();
+        assert_eq!(
+            at,
+            vec![
+                (110, Action::PowerOff(0)),
+                (130, Action::PowerOn(0, 0)),
+                (140, Action::PowerOff(0)),
+                (160, Action::PowerOn(0, 0)),
+            ]
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! `soilstream sim run`: play a scenario in the deterministic simulator.
+
+use anyhow::Context;
+use soilstream_scenarios::runner::{RunOptions, RunResult, run_scenario};
+use soilstream_scenarios::scenario::Scenario;
+use soilstream_scenarios::world::PlantedBug;
+use std::io::Write;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Run scenarios in the deterministic simulator.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: SimCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SimCommand {
+    /// Run a scenario file with one seed or a range of seeds, check every
+    /// invariant and print a summary. Exits non-zero if any run fails, with
+    /// the command that reproduces it.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Scenario file (TOML), e.g. scenarios/suite/power-outage-24h.toml.
+    file: PathBuf,
+    /// One seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// A range of seeds, `A..B` (inclusive), e.g. `1..200`.
+    #[arg(long, value_parser = parse_seed_range)]
+    seeds: Option<RangeInclusive<u64>>,
+    /// Plant a known bug to see the checker catch it: ack-before-sync,
+    /// cursor-before-delivery, truncate-at-first-bad-crc, skip-segment-sync-dir.
+    #[arg(long, value_parser = parse_planted_bug, default_value = "none")]
+    planted_bug: PlantedBug,
+}
+
+fn parse_seed_range(text: &str) -> Result<RangeInclusive<u64>, String> {
+    let (a, b) = text
+        .split_once("..")
+        .ok_or_else(|| format!("`{text}` is not A..B"))?;
+    let b = b.strip_prefix('=').unwrap_or(b);
+    let a: u64 = a.trim().parse().map_err(|_| format!("`{a}` is not a seed"))?;
+    let b: u64 = b.trim().parse().map_err(|_| format!("`{b}` is not a seed"))?;
+    if a > b {
+        return Err(format!("empty range {a}..{b}"));
+    }
+    if b - a >= 1_000_000 {
+        return Err("at most 1000000 seeds at once".into());
+    }
+    Ok(a..=b)
+}
+
+fn parse_planted_bug(text: &str) -> Result<PlantedBug, String> {
+    PlantedBug::parse(text).ok_or_else(|| {
+        let names: Vec<_> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown bug `{text}`; one of: none, {}", names.join(", "))
+    })
+}
+
+fn reproduce_command(args: &RunArgs, seed: u64) -> String {
+    let mut command = format!("soilstream sim run {} --seed {seed}", args.file.display());
+    if args.planted_bug != PlantedBug::None {
+        command.push_str(&format!(" --planted-bug {}", args.planted_bug.name()));
+    }
+    command
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        SimCommand::Run(args) => run_scenarios(&args),
+    }
+}
+
+fn one_line(result: &RunResult) -> String {
+    let t = &result.check.tally;
+    format!(
+        "seed {:>6}: {} sampled={} durable={} delivered={} lost_before_durable={} duplicates={} drain={} digest={:016x}",
+        result.seed,
+        if result.passed() { "PASS" } else { "FAIL" },
+        t.sampled,
+        t.durable,
+        t.delivered_unique,
+        t.lost_before_durable,
+        t.duplicates,
+        result
+            .drain_ms
+            .map_or("never".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+        result.digest,
+    )
+}
+
+fn run_scenarios(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let scenario = Scenario::load(&args.file).with_context(|| "loading the scenario")?;
+    let seeds = match (&args.seed, &args.seeds) {
+        (Some(seed), None) => *seed..=*seed,
+        (None, Some(range)) => range.clone(),
+        (None, None) => 1..=1,
+        (Some(_), Some(_)) => unreachable!("clap rejects --seed with --seeds"),
+    };
+    let single = seeds.start() == seeds.end();
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = Vec::new();
+    let mut simulated_ms = 0u64;
+    let mut wall_ms = 0u64;
+    for seed in seeds.clone() {
+        let result = run_scenario(
+            &scenario,
+            RunOptions {
+                seed,
+                planted: args.planted_bug,
+            },
+        );
+        simulated_ms += result.simulated_ms;
+        wall_ms += result.wall_ms;
+        if single {
+            write!(stdout, "{}", result.summary())?;
+        } else {
+            writeln!(stdout, "{}", one_line(&result))?;
+        }
+        eprintln!(
+            "timing: seed {seed}: {:.1} simulated h in {:.2} wall s ({:.0} simulated s per wall s)",
+            result.simulated_ms as f64 / 3_600_000.0,
+            result.wall_ms as f64 / 1000.0,
+            result.speed()
+        );
+        if !result.passed() {
+            if !single {
+                write!(stdout, "{}", result.summary())?;
+            }
+            failed.push(seed);
+        }
+    }
+    let runs = seeds.end() - seeds.start() + 1;
+    if !single {
+        writeln!(
+            stdout,
+            "{} of {runs} run(s) passed for scenario {}",
+            runs - failed.len() as u64,
+            scenario.name
+        )?;
+    }
+    eprintln!(
+        "timing: total {:.1} simulated h in {:.1} wall s",
+        simulated_ms as f64 / 3_600_000.0,
+        wall_ms as f64 / 1000.0
+    );
+    if failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(stdout, "failing seed(s): {failed:?}; reproduce with:")?;
+    for seed in failed.iter().take(10) {
+        writeln!(stdout, "  {}", reproduce_command(args, *seed))?;
+    }
+    Ok(ExitCode::FAILURE)
+}
