@@ -6,6 +6,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod spool_cmd;
+
 /// soilstream: fault-tolerant ingestion of field soil-sensor readings into Kafka.
 #[derive(Debug, Parser)]
 #[command(name = "soilstream", version, about)]
@@ -15,7 +17,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Inspect or verify a spool directory (read-only).
+    Spool(spool_cmd::Args),
+}
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SOILSTREAM_LOG")
@@ -29,7 +34,9 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let result: anyhow::Result<ExitCode> = match cli.command {};
+    let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Spool(args) => spool_cmd::run(args),
+    };
     match result {
         Ok(code) => code,
         Err(error) => {
