@@ -6,8 +6,9 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-mod consume_cmd;
 mod gateway_cmd;
+mod consume_cmd;
+mod spool_cmd;
 mod sim_cmd;
 
 /// soilstream: fault-tolerant ingestion of field soil-sensor readings into Kafka.
@@ -25,6 +26,8 @@ enum Command {
     Gateway(gateway_cmd::Args),
     /// Print the readings of a topic, decoded, with partition, offset and times.
     Consume(consume_cmd::Args),
+    /// Inspect or verify a spool directory (read-only; works on damaged spools).
+    Spool(spool_cmd::Args),
     /// Play scenarios in the deterministic simulator and check the invariants.
     Sim(sim_cmd::Args),
 }
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Gateway(args) => block_on(gateway_cmd::run(args)),
         Command::Consume(args) => block_on(consume_cmd::run(args)),
+        Command::Spool(args) => spool_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
     };
     match result {

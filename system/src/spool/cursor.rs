@@ -7,6 +7,11 @@
 //! previous cursor. A cursor that falls back to an older value only causes
 //! redelivery (duplicates, removed downstream), never loss: segments are
 //! deleted only after the newer cursor is durable.
+//!
+//! Each slot also carries a copy of the sequence reservations' *high-water
+//! mark* (the largest reserved `seq` of any sensor), written before any seq
+//! of a new reservation is handed out: if both copies of the reservation
+//! state are lost, the spool still knows a bound to continue above.
 
 use super::slots::{self, SlotRead};
 use crate::disk::Disk;
@@ -17,7 +22,7 @@ use std::path::{Path, PathBuf};
 /// File names of the two cursor slots.
 pub const CURSOR_SLOT_NAMES: [&str; 2] = ["cursor-a.slot", "cursor-b.slot"];
 const CURSOR_MAGIC: [u8; 4] = *b"SCUR";
-const CURSOR_PAYLOAD_BYTES: usize = 8;
+const CURSOR_PAYLOAD_BYTES: usize = 16;
 
 /// Where a piece of persisted state came from when the spool was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,6 +59,8 @@ pub struct CursorLoad {
     pub source: StateSource,
     /// The slot that holds `value`, if any.
     pub slot: Option<usize>,
+    /// Largest sequence high-water mark in any valid slot (0: none).
+    pub seq_high_water: u64,
     /// Slots that exist but are invalid, with the reason.
     pub invalid_slots: Vec<(String, &'static str)>,
 }
@@ -62,9 +69,18 @@ fn slot_paths(dir: &Path) -> [PathBuf; 2] {
     [dir.join(CURSOR_SLOT_NAMES[0]), dir.join(CURSOR_SLOT_NAMES[1])]
 }
 
-fn decode_value(payload: &[u8]) -> Option<u64> {
+fn encode(value: u64, seq_high_water: u64) -> [u8; CURSOR_PAYLOAD_BYTES] {
+    let mut out = [0; CURSOR_PAYLOAD_BYTES];
+    out[0..8].copy_from_slice(&value.to_le_bytes());
+    out[8..16].copy_from_slice(&seq_high_water.to_le_bytes());
+    out
+}
+
+fn decode(payload: &[u8]) -> Option<(u64, u64)> {
     let bytes: [u8; CURSOR_PAYLOAD_BYTES] = payload.try_into().ok()?;
-    Some(u64::from_le_bytes(bytes))
+    let value = u64::from_le_bytes(bytes[0..8].try_into().ok()?);
+    let seq_high_water = u64::from_le_bytes(bytes[8..16].try_into().ok()?);
+    Some((value, seq_high_water))
 }
 
 /// Reads the cursor. Never fails; `spool_is_new` tells a new spool (no
@@ -72,14 +88,16 @@ fn decode_value(payload: &[u8]) -> Option<u64> {
 pub fn load_cursor(disk: &dyn Disk, dir: &Path, spool_is_new: bool) -> CursorLoad {
     let paths = slot_paths(dir);
     let mut best: Option<(u64, u64, usize)> = None;
+    let mut seq_high_water = 0;
     let mut missing = 0;
     let mut invalid_slots = Vec::new();
     for (slot, path) in paths.iter().enumerate() {
         match slots::read_slot(disk, path, CURSOR_MAGIC, CURSOR_PAYLOAD_BYTES) {
             SlotRead::Missing => missing += 1,
             SlotRead::Invalid(reason) => invalid_slots.push((CURSOR_SLOT_NAMES[slot].to_string(), reason)),
-            SlotRead::Valid { generation, payload } => match decode_value(&payload) {
-                Some(value) => {
+            SlotRead::Valid { generation, payload } => match decode(&payload) {
+                Some((value, high_water)) => {
+                    seq_high_water = seq_high_water.max(high_water);
                     if best.is_none_or(|(best_generation, _, _)| generation > best_generation) {
                         best = Some((generation, value, slot));
                     }
@@ -94,6 +112,7 @@ pub fn load_cursor(disk: &dyn Disk, dir: &Path, spool_is_new: bool) -> CursorLoa
             generation,
             source: StateSource::of_slot(slot),
             slot: Some(slot),
+            seq_high_water,
             invalid_slots,
         },
         None => {
@@ -107,6 +126,7 @@ pub fn load_cursor(disk: &dyn Disk, dir: &Path, spool_is_new: bool) -> CursorLoa
                 generation: 0,
                 source,
                 slot: None,
+                seq_high_water,
                 invalid_slots,
             }
         }
@@ -119,6 +139,7 @@ pub struct CursorStore {
     generation: u64,
     slot: Option<usize>,
     persisted: u64,
+    seq_high_water: u64,
 }
 
 impl CursorStore {
@@ -128,7 +149,13 @@ impl CursorStore {
             generation: load.generation,
             slot: load.slot,
             persisted: load.value,
+            seq_high_water: load.seq_high_water,
         }
+    }
+
+    /// The durable sequence high-water mark.
+    pub fn seq_high_water(&self) -> u64 {
+        self.seq_high_water
     }
 
     /// The durable cursor value.
@@ -145,7 +172,7 @@ impl CursorStore {
             &[&paths[0], &paths[1]],
             CURSOR_MAGIC,
             self.generation,
-            &self.persisted.to_le_bytes(),
+            &encode(self.persisted, self.seq_high_water),
         )?;
         Ok(())
     }
@@ -153,10 +180,28 @@ impl CursorStore {
     /// Makes `value` the durable cursor. On error the previous value stays
     /// durable in the other slot and this store is unchanged.
     pub fn persist(&mut self, disk: &dyn Disk, dir: &Path, value: u64) -> io::Result<()> {
+        self.write(disk, dir, value, self.seq_high_water)
+    }
+
+    /// Makes `seq_high_water` durable (with the current cursor).
+    pub fn persist_seq_high_water(
+        &mut self,
+        disk: &dyn Disk,
+        dir: &Path,
+        seq_high_water: u64,
+    ) -> io::Result<()> {
+        self.write(disk, dir, self.persisted, seq_high_water.max(self.seq_high_water))
+    }
+
+    fn write(&mut self, disk: &dyn Disk, dir: &Path, value: u64, seq_high_water: u64) -> io::Result<()> {
         assert!(
             value >= self.persisted,
             "the cursor never moves back ({value} < {})",
             self.persisted
+        );
+        assert!(
+            seq_high_water >= self.seq_high_water,
+            "the high-water mark never moves back"
         );
         let target = match self.slot {
             Some(0) => 1,
@@ -164,10 +209,17 @@ impl CursorStore {
         };
         let generation = self.generation + 1;
         let path = &slot_paths(dir)[target];
-        slots::write_slot(disk, path, CURSOR_MAGIC, generation, &value.to_le_bytes())?;
+        slots::write_slot(
+            disk,
+            path,
+            CURSOR_MAGIC,
+            generation,
+            &encode(value, seq_high_water),
+        )?;
         self.generation = generation;
         self.slot = Some(target);
         self.persisted = value;
+        self.seq_high_water = seq_high_water;
         Ok(())
     }
 }
@@ -220,6 +272,23 @@ mod tests {
             fell_back |= load.value == 10;
         }
         assert!(fell_back);
+    }
+
+    #[test]
+    fn the_seq_high_water_mark_rides_along() {
+        let (disk, dir) = setup();
+        let mut store = CursorStore::from_load(&load_cursor(&disk, &dir, true));
+        store.ensure_files(&disk, &dir).unwrap();
+        store.persist(&disk, &dir, 4).unwrap();
+        store.persist_seq_high_water(&disk, &dir, 900).unwrap();
+        store.persist(&disk, &dir, 6).unwrap();
+        let load = load_cursor(&disk, &dir, false);
+        assert_eq!((load.value, load.seq_high_water), (6, 900));
+        // Even when the newest slot is damaged, the other still has it.
+        let newest = CURSOR_SLOT_NAMES[load.slot.unwrap()];
+        disk.flip_bit(&dir.join(newest), 3, 0).unwrap();
+        let load = load_cursor(&disk, &dir, false);
+        assert_eq!((load.value, load.seq_high_water), (4, 900));
     }
 
     #[test]

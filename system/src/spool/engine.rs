@@ -83,7 +83,8 @@ pub struct DroppedSeqs {
 pub struct DropEvent {
     /// The segment deleted.
     pub segment: String,
-    /// Spool indexes of the undelivered records dropped.
+    /// Spool indexes the cursor moved past: every record among them not
+    /// yet delivered was dropped.
     pub indexes: Option<IndexRange>,
     /// Undelivered records dropped.
     pub records: u64,
@@ -239,7 +240,7 @@ impl Spool {
             .map_err(|e| SpoolError::io("create spool directory", &dir, e))?;
         let analysis = recovery::analyze(disk.as_ref(), &dir, config.planted.truncate_at_first_bad_crc)?;
 
-        let cursor_store = CursorStore::from_load(&analysis.cursor);
+        let mut cursor_store = CursorStore::from_load(&analysis.cursor);
         cursor_store
             .ensure_files(disk.as_ref(), &dir)
             .map_err(|e| SpoolError::io("create cursor files in", &dir, e))?;
@@ -255,6 +256,11 @@ impl Spool {
             &analysis.seqs,
             &spool_max_seqs,
             analysis.untracked_max_seq,
+            // Opening rewrites the reservation state and, with the sequence
+            // high-water mark, the cursor: what was read may not be durable
+            // (a failed sync, then a process crash) and is acted upon only
+            // once it is.
+            &mut cursor_store,
             config.seq_reservation_block,
             config.max_sensors,
         )?;
@@ -310,7 +316,7 @@ impl Spool {
         disk.sync_dir(&dir)
             .map_err(|e| SpoolError::io("sync spool directory", &dir, e))?;
 
-        let next_index = analysis.max_index.max(cursor) + 1;
+        let next_index = analysis.max_index.max(cursor).saturating_add(1);
         let read_position = match analysis.first_undelivered {
             Some((segment, offset)) => ReadPosition { segment, offset },
             None => ReadPosition {
@@ -455,7 +461,9 @@ impl Spool {
             self.in_flight
                 .front()
                 .is_none_or(|first| first.index > self.cursor && !first.delivered),
-            "the first in-flight record is undelivered and above the cursor"
+            "the first in-flight record is undelivered and above the cursor {}: {:?}",
+            self.cursor,
+            self.in_flight.front()
         );
         assert!(self.in_flight.len() <= self.config.max_in_flight_records as usize);
         assert!(self.pending_frames.len() as u64 <= self.config.max_uncommitted_bytes);

@@ -134,7 +134,10 @@ pub fn parse_frame(frame: &[u8]) -> Result<(PayloadHeader, &[u8]), FrameDefect> 
     if frame.len() < frame_bytes {
         return Err(FrameDefect::Truncated);
     }
-    assert_eq!(frame.len(), frame_bytes, "callers pass exactly one frame");
+    if frame.len() > frame_bytes {
+        // The bytes were re-read and the length field changed in between.
+        return Err(FrameDefect::BadLength);
+    }
     let payload_len = (frame_bytes - FRAME_HEADER_BYTES) as u32;
     let stored_crc = u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes"));
     let payload = &frame[FRAME_HEADER_BYTES..];

@@ -132,8 +132,13 @@ impl Spool {
             return Ok(Step::InFlightFull);
         }
         self.skip_lost_records(index);
-        self.read_last_index = index;
         self.read_position.offset = frame_end;
+        if index <= self.read_last_index {
+            // The cursor moved past it meanwhile (it was delivered already).
+            return Ok(Step::Skipped);
+        }
+        self.read_last_index = index;
+        let already_in_flight = self.in_flight.back().is_some_and(|last| index <= last.index);
         if already_in_flight {
             match self.in_flight.binary_search_by_key(&index, |entry| entry.index) {
                 Ok(position) if !self.in_flight[position].delivered => {}
@@ -257,7 +262,7 @@ impl Spool {
         self.advance_cursor();
     }
 
-    fn advance_cursor(&mut self) {
+    pub(super) fn advance_cursor(&mut self) {
         while let Some(first) = self.in_flight.front()
             && first.delivered
         {
@@ -269,6 +274,9 @@ impl Spool {
                 meta.delivered_bytes = (meta.delivered_bytes + entry.frame_bytes).min(meta.record_bytes);
             }
         }
+        // After a rewind, late reports may move the cursor past the reader:
+        // the reader must not hand those records out again.
+        self.read_last_index = self.read_last_index.max(self.cursor);
     }
 
     /// Makes the cursor durable, then deletes the segments whose every
@@ -311,9 +319,11 @@ impl Spool {
         }
         if deleted > 0 {
             self.stats.segments_deleted_total += deleted;
-            self.disk
-                .sync_dir(&self.config.dir)
-                .map_err(|e| SpoolError::io("sync spool directory", &self.config.dir, e))?;
+            if let Err(error) = self.disk.sync_dir(&self.config.dir) {
+                // Not needed for correctness: a segment that comes back after
+                // a crash lies at or below the durable cursor and goes again.
+                tracing::warn!(%error, "spool: sync after deleting segments failed");
+            }
         }
         Ok(())
     }

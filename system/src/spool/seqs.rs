@@ -11,12 +11,17 @@
 //! cut tears at most the one being written while the other holds either the
 //! previous state (the new reservation was never used: the write had not
 //! returned) or the new one. A bit flip in one copy is covered by the other.
-//! Only if both copies are unusable does the spool fall back: every sensor
-//! continues from the largest `seq` in the spool plus [`SEQ_FALLBACK_GAP`];
-//! this is reported and the fallback state is persisted at once.
+//!
+//! A third record of the largest reserved `seq` (the high-water mark) rides
+//! in the cursor slots, written before a new reservation is used. Only if
+//! both copies of the state are unusable does the spool fall back: every
+//! sensor continues above the largest of that high-water mark and the
+//! largest `seq` in the spool, plus a gap ([`SEQ_FALLBACK_GAP`], or two
+//! reservation blocks if larger, covering a high-water copy one reservation
+//! old); this is reported and the fallback state is persisted at once.
 
 use super::config::SENSORS_LIMIT;
-use super::cursor::StateSource;
+use super::cursor::{CursorStore, StateSource};
 use super::error::SpoolError;
 use super::slots::{self, SlotRead};
 use crate::disk::Disk;
@@ -180,15 +185,18 @@ pub struct SeqAllocator {
 }
 
 impl SeqAllocator {
-    /// Builds the allocator from the loaded state and the largest `seq` per
-    /// sensor found in the spool. On fallback the new state is persisted
-    /// before returning.
+    /// Builds the allocator from the loaded state, the largest `seq` per
+    /// sensor found in the spool and the high-water mark in the cursor
+    /// slots, then persists the state afresh (and the high-water mark with
+    /// the cursor) before returning.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         disk: &dyn Disk,
         dir: &Path,
         load: &SeqLoad,
         spool_max_seqs: &BTreeMap<String, u64>,
         untracked_max_seq: Option<u64>,
+        cursor: &mut CursorStore,
         block: u64,
         max_sensors: u32,
     ) -> Result<(Self, SeqStateReport), SpoolError> {
@@ -203,9 +211,11 @@ impl SeqAllocator {
                 .values()
                 .copied()
                 .chain(untracked_max_seq)
+                .chain([cursor.seq_high_water()])
                 .max()
                 .unwrap_or(0);
-            floor = largest.saturating_add(SEQ_FALLBACK_GAP).min(SEQ_MAX);
+            let gap = SEQ_FALLBACK_GAP.max(block.saturating_mul(2));
+            floor = largest.saturating_add(gap).min(SEQ_MAX);
             tracing::warn!(
                 floor,
                 invalid = ?load.invalid_slots,
@@ -229,23 +239,19 @@ impl SeqAllocator {
             max_sensors,
             reservations_total: 0,
         };
-        let paths = slot_paths(dir);
-        if load.source == StateSource::Fallback {
-            // The floor lies above every seq in the spool: persisting it alone
-            // makes the fallback stable across further crashes.
-            allocator.persist(disk, dir, BTreeMap::new())?;
+        // Rewrite the state, both copies, with a new generation before any
+        // of it is used: what was read may sit in the page cache without
+        // being durable (a failed sync, then a process crash), and a failed
+        // fsync cannot be made good by syncing again. On fallback, the floor
+        // lies above every seq in the spool, so the floor alone suffices.
+        let ceilings = if load.source == StateSource::Fallback {
+            BTreeMap::new()
         } else {
-            let payload = encode_state(allocator.floor, &allocator.ceilings);
-            slots::ensure_slot_files(
-                disk,
-                dir,
-                &[&paths[0], &paths[1]],
-                SEQ_MAGIC,
-                allocator.generation,
-                &payload,
-            )
-            .map_err(|e| SpoolError::io("create sequence reservation files in", dir, e))?;
-        }
+            load.ceilings.clone()
+        };
+        allocator.persist(disk, dir, cursor, ceilings)?;
+        disk.sync_dir(dir)
+            .map_err(|e| SpoolError::io("sync sequence reservation files in", dir, e))?;
         let report = SeqStateReport {
             source: load.source,
             generation: load.generation,
@@ -265,17 +271,37 @@ impl SeqAllocator {
         self.reservations_total
     }
 
+    /// The largest reserved `seq` (or the floor): nothing above it was
+    /// ever handed out.
+    pub fn high_water(&self) -> u64 {
+        let ceilings = self.ceilings.values().copied().max().unwrap_or(0);
+        ceilings.max(self.floor.saturating_sub(1))
+    }
+
     /// The next `seq` for `sensor`, reserving a block durably when needed.
-    pub fn next_seq(&mut self, disk: &dyn Disk, dir: &Path, sensor: &str) -> Result<u64, SpoolError> {
+    pub fn next_seq(
+        &mut self,
+        disk: &dyn Disk,
+        dir: &Path,
+        cursor: &mut CursorStore,
+        sensor: &str,
+    ) -> Result<u64, SpoolError> {
         check_sensor_id(sensor)?;
         let seq = self.next.get(sensor).copied().unwrap_or(self.floor);
-        self.cover(disk, dir, sensor, seq)?;
+        self.cover(disk, dir, cursor, sensor, seq)?;
         Ok(seq)
     }
 
     /// Makes sure `seq` of `sensor` is below a durable ceiling and will
     /// never be handed out again.
-    pub fn cover(&mut self, disk: &dyn Disk, dir: &Path, sensor: &str, seq: u64) -> Result<(), SpoolError> {
+    pub fn cover(
+        &mut self,
+        disk: &dyn Disk,
+        dir: &Path,
+        cursor: &mut CursorStore,
+        sensor: &str,
+        seq: u64,
+    ) -> Result<(), SpoolError> {
         if seq > SEQ_MAX {
             return Err(SpoolError::InvalidReading {
                 sensor_id: sensor.to_string(),
@@ -303,7 +329,7 @@ impl SeqAllocator {
                     *other_ceiling = (*other_ceiling).max(next.saturating_add(self.block - 1).min(SEQ_MAX));
                 }
             }
-            self.persist(disk, dir, ceilings)?;
+            self.persist(disk, dir, cursor, ceilings)?;
         }
         let next = self.next.entry(sensor.to_string()).or_insert(self.floor);
         *next = (*next).max(seq + 1);
@@ -315,6 +341,7 @@ impl SeqAllocator {
         &mut self,
         disk: &dyn Disk,
         dir: &Path,
+        cursor: &mut CursorStore,
         ceilings: BTreeMap<String, u64>,
     ) -> Result<(), SpoolError> {
         let generation = self.generation + 1;
@@ -324,6 +351,15 @@ impl SeqAllocator {
             slots::write_slot(disk, &path, SEQ_MAGIC, generation, &payload)
                 .map_err(|e| SpoolError::io("persist sequence reservations to", &path, e))?;
         }
+        let high_water = ceilings
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(self.floor.saturating_sub(1));
+        cursor
+            .persist_seq_high_water(disk, dir, high_water)
+            .map_err(|e| SpoolError::io("persist the sequence high-water mark in", dir, e))?;
         self.generation = generation;
         self.ceilings = ceilings;
         self.reservations_total += 1;
@@ -352,22 +388,53 @@ pub fn check_sensor_id(sensor: &str) -> Result<(), SpoolError> {
 mod tests {
     use super::*;
     use crate::disk::memory::{CrashDisk, FaultOp};
+    use crate::spool::cursor::load_cursor;
 
-    fn setup(seed: u64) -> (CrashDisk, PathBuf) {
-        let disk = CrashDisk::new(seed);
-        let dir = PathBuf::from("/spool");
-        disk.create_dir_all(&dir).unwrap();
-        (disk, dir)
+    struct Fixture {
+        disk: CrashDisk,
+        dir: PathBuf,
+        cursor: CursorStore,
+        seqs: SeqAllocator,
+        report: SeqStateReport,
     }
 
-    fn open(
-        disk: &CrashDisk,
-        dir: &Path,
-        new: bool,
-        spool: &BTreeMap<String, u64>,
-    ) -> (SeqAllocator, SeqStateReport) {
-        let load = load_seqs(disk, dir, new);
-        SeqAllocator::open(disk, dir, &load, spool, None, 8, 16).unwrap()
+    impl Fixture {
+        fn open(disk: &CrashDisk, new: bool, spool: &BTreeMap<String, u64>) -> Self {
+            Self::open_with(disk, new, spool, 8, 16)
+        }
+
+        fn open_with(
+            disk: &CrashDisk,
+            new: bool,
+            spool: &BTreeMap<String, u64>,
+            block: u64,
+            sensors: u32,
+        ) -> Self {
+            let dir = PathBuf::from("/spool");
+            disk.create_dir_all(&dir).unwrap();
+            let mut cursor = CursorStore::from_load(&load_cursor(disk, &dir, new));
+            cursor.ensure_files(disk, &dir).unwrap();
+            let load = load_seqs(disk, &dir, new);
+            let (seqs, report) =
+                SeqAllocator::open(disk, &dir, &load, spool, None, &mut cursor, block, sensors).unwrap();
+            Self {
+                disk: disk.clone(),
+                dir,
+                cursor,
+                seqs,
+                report,
+            }
+        }
+
+        fn next(&mut self, sensor: &str) -> Result<u64, SpoolError> {
+            self.seqs
+                .next_seq(&self.disk, &self.dir, &mut self.cursor, sensor)
+        }
+
+        fn cover(&mut self, sensor: &str, seq: u64) -> Result<(), SpoolError> {
+            self.seqs
+                .cover(&self.disk, &self.dir, &mut self.cursor, sensor, seq)
+        }
     }
 
     #[test]
@@ -395,94 +462,115 @@ mod tests {
 
     #[test]
     fn no_reuse_across_crashes_even_for_lost_readings() {
-        let (disk, dir) = setup(1);
-        let (mut seqs, report) = open(&disk, &dir, true, &BTreeMap::new());
-        assert_eq!(report.source, StateSource::Fresh);
+        let disk = CrashDisk::new(1);
+        let mut fixture = Fixture::open(&disk, true, &BTreeMap::new());
+        assert_eq!(fixture.report.source, StateSource::Fresh);
         let mut handed_out = Vec::new();
         for _ in 0..3 {
             for _ in 0..5 {
-                handed_out.push(seqs.next_seq(&disk, &dir, "s1").unwrap());
+                handed_out.push(fixture.next("s1").unwrap());
             }
             disk.crash(); // nothing of these readings reached the spool
-            let (reopened, report) = open(&disk, &dir, false, &BTreeMap::new());
-            assert_ne!(report.source, StateSource::Fallback);
-            seqs = reopened;
+            fixture = Fixture::open(&disk, false, &BTreeMap::new());
+            assert_ne!(fixture.report.source, StateSource::Fallback);
         }
-        let next = seqs.next_seq(&disk, &dir, "s1").unwrap();
+        let next = fixture.next("s1").unwrap();
         assert!(handed_out.windows(2).all(|w| w[0] < w[1]), "{handed_out:?}");
         assert!(next > *handed_out.last().unwrap());
     }
 
     #[test]
     fn a_failed_reservation_hands_out_nothing() {
-        let (disk, dir) = setup(2);
-        let (mut seqs, _) = open(&disk, &dir, true, &BTreeMap::new());
+        let disk = CrashDisk::new(2);
+        let mut fixture = Fixture::open(&disk, true, &BTreeMap::new());
         disk.fail_next(FaultOp::SyncData, 1);
-        assert!(seqs.next_seq(&disk, &dir, "s").is_err());
-        let first = seqs.next_seq(&disk, &dir, "s").unwrap();
-        assert_eq!(first, 1);
+        assert!(fixture.next("s").is_err());
+        assert_eq!(fixture.next("s").unwrap(), 1);
     }
 
     #[test]
     fn spool_contents_raise_the_next_seq() {
-        let (disk, dir) = setup(3);
+        let disk = CrashDisk::new(3);
         let mut spool = BTreeMap::new();
         spool.insert("s".to_string(), 500);
-        let (mut seqs, _) = open(&disk, &dir, true, &spool);
-        assert_eq!(seqs.next_seq(&disk, &dir, "s").unwrap(), 501);
+        let mut fixture = Fixture::open(&disk, true, &spool);
+        assert_eq!(fixture.next("s").unwrap(), 501);
         // Appending a seq beyond the ceiling reserves above it.
-        seqs.cover(&disk, &dir, "s", 10_000).unwrap();
+        fixture.cover("s", 10_000).unwrap();
         disk.crash();
-        let (mut seqs, _) = open(&disk, &dir, false, &BTreeMap::new());
-        assert!(seqs.next_seq(&disk, &dir, "s").unwrap() > 10_000);
+        let mut fixture = Fixture::open(&disk, false, &BTreeMap::new());
+        assert!(fixture.next("s").unwrap() > 10_000);
     }
 
     #[test]
     fn one_damaged_copy_is_covered_by_the_other_and_both_fall_back_safely() {
-        let (disk, dir) = setup(4);
-        let (mut seqs, _) = open(&disk, &dir, true, &BTreeMap::new());
+        let disk = CrashDisk::new(4);
+        let mut fixture = Fixture::open(&disk, true, &BTreeMap::new());
         for _ in 0..20 {
-            seqs.next_seq(&disk, &dir, "s").unwrap();
+            fixture.next("s").unwrap();
         }
-        let last = seqs.next_seq(&disk, &dir, "s").unwrap();
-        disk.flip_bit(&dir.join(SEQ_SLOT_NAMES[0]), 30, 1).unwrap();
-        let (mut seqs, report) = open(&disk, &dir, false, &BTreeMap::new());
-        assert_eq!(report.source, StateSource::SlotB);
-        assert_eq!(report.invalid_copies.len(), 1);
-        assert!(seqs.next_seq(&disk, &dir, "s").unwrap() > last);
-        let last = seqs.next_seq(&disk, &dir, "s").unwrap();
+        let last = fixture.next("s").unwrap();
+        disk.flip_bit(&fixture.dir.join(SEQ_SLOT_NAMES[0]), 30, 1)
+            .unwrap();
+        let mut fixture = Fixture::open(&disk, false, &BTreeMap::new());
+        assert_eq!(fixture.report.source, StateSource::SlotB);
+        assert_eq!(fixture.report.invalid_copies.len(), 1);
+        assert!(fixture.next("s").unwrap() > last);
+        let last = fixture.next("s").unwrap();
         for name in SEQ_SLOT_NAMES {
-            disk.flip_bit(&dir.join(name), 12, 0).unwrap();
+            disk.flip_bit(&fixture.dir.join(name), 12, 0).unwrap();
         }
         let mut spool = BTreeMap::new();
         spool.insert("s".to_string(), 3);
-        let (mut seqs, report) = open(&disk, &dir, false, &spool);
-        assert_eq!(report.source, StateSource::Fallback);
-        let next = seqs.next_seq(&disk, &dir, "s").unwrap();
+        let mut fixture = Fixture::open(&disk, false, &spool);
+        assert_eq!(fixture.report.source, StateSource::Fallback);
+        let next = fixture.next("s").unwrap();
         assert!(next > last && next >= 3 + SEQ_FALLBACK_GAP, "{next}");
-        assert!(seqs.next_seq(&disk, &dir, "new-sensor").unwrap() >= SEQ_FALLBACK_GAP);
+        assert!(fixture.next("new-sensor").unwrap() >= SEQ_FALLBACK_GAP);
         // The fallback was persisted: a crash does not lower it.
         disk.crash();
-        let (mut seqs, report) = open(&disk, &dir, false, &BTreeMap::new());
-        assert_ne!(report.source, StateSource::Fallback);
-        assert!(seqs.next_seq(&disk, &dir, "s").unwrap() > next);
+        let mut fixture = Fixture::open(&disk, false, &BTreeMap::new());
+        assert_ne!(fixture.report.source, StateSource::Fallback);
+        assert!(fixture.next("s").unwrap() > next);
+    }
+
+    #[test]
+    fn the_high_water_mark_in_the_cursor_survives_losing_both_copies_again() {
+        let disk = CrashDisk::new(6);
+        let mut fixture = Fixture::open(&disk, true, &BTreeMap::new());
+        let mut last = 0;
+        for round in 0..3 {
+            // Seqs handed out, their readings lost (nothing in the spool) ...
+            for _ in 0..30 {
+                last = fixture.next("s").unwrap();
+            }
+            // ... and both copies of the state destroyed.
+            for name in SEQ_SLOT_NAMES {
+                disk.flip_bit(&fixture.dir.join(name), 12, 0).unwrap();
+            }
+            disk.crash();
+            fixture = Fixture::open(&disk, false, &BTreeMap::new());
+            assert_eq!(fixture.report.source, StateSource::Fallback, "round {round}");
+            let next = fixture.next("s").unwrap();
+            assert!(next > last, "round {round}: {next} <= {last}");
+            last = next;
+        }
     }
 
     #[test]
     fn sensor_limit_and_ids() {
-        let (disk, dir) = setup(5);
-        let load = load_seqs(&disk, &dir, true);
-        let (mut seqs, _) = SeqAllocator::open(&disk, &dir, &load, &BTreeMap::new(), None, 4, 2).unwrap();
-        seqs.next_seq(&disk, &dir, "a").unwrap();
-        seqs.next_seq(&disk, &dir, "b").unwrap();
+        let disk = CrashDisk::new(5);
+        let mut fixture = Fixture::open_with(&disk, true, &BTreeMap::new(), 4, 2);
+        fixture.next("a").unwrap();
+        fixture.next("b").unwrap();
         assert!(matches!(
-            seqs.next_seq(&disk, &dir, "c"),
+            fixture.next("c"),
             Err(SpoolError::TooManySensors { max_sensors: 2 })
         ));
         assert!(matches!(
-            seqs.next_seq(&disk, &dir, ""),
+            fixture.next(""),
             Err(SpoolError::InvalidSensorId { .. })
         ));
-        assert!(seqs.next_seq(&disk, &dir, &"x".repeat(129)).is_err());
+        assert!(fixture.next(&"x".repeat(129)).is_err());
     }
 }

@@ -30,9 +30,12 @@ impl Spool {
     /// handed out or appended for it, across crashes. May write a durable
     /// reservation first.
     pub fn next_seq(&mut self, sensor_id: &str) -> Result<u64, SpoolError> {
-        let seq = self
-            .seqs
-            .next_seq(self.disk.as_ref(), &self.config.dir, sensor_id)?;
+        let seq = self.seqs.next_seq(
+            self.disk.as_ref(),
+            &self.config.dir,
+            &mut self.cursor_store,
+            sensor_id,
+        )?;
         assert!(
             self.last_appended_seq(sensor_id).is_none_or(|last| seq > last),
             "a handed-out seq lies above every appended one"
@@ -83,10 +86,15 @@ impl Spool {
                 max_uncommitted_bytes: self.config.max_uncommitted_bytes,
             });
         }
+        if self.next_index == u64::MAX {
+            // Only reachable with a crafted spool holding index u64::MAX - 1.
+            return Err(SpoolError::Config("spool index space exhausted".into()));
+        }
         self.make_room(frame_bytes)?;
         self.seqs.cover(
             self.disk.as_ref(),
             &self.config.dir,
+            &mut self.cursor_store,
             &reading.sensor_id,
             reading.seq,
         )?;
@@ -388,12 +396,27 @@ impl Spool {
         }
         .max(meta.max_index);
         let new_cursor = self.cursor.max(upper);
-        let event = self.describe_drop(&meta, self.cursor, new_cursor);
         let undelivered = meta.undelivered_records();
-        self.cursor_store
-            .persist(self.disk.as_ref(), &self.config.dir, new_cursor)
-            .map_err(|e| SpoolError::io("persist cursor in", &self.config.dir, e))?;
+        let sensors = if undelivered > 0 {
+            self.describe_drop(&meta, self.cursor, new_cursor)
+        } else {
+            BTreeMap::new()
+        };
+        let event = DropEvent {
+            segment: meta.name.file_name(),
+            indexes: (new_cursor > self.cursor).then(|| IndexRange {
+                first: self.cursor + 1,
+                last: new_cursor,
+            }),
+            records: undelivered,
+            sensors,
+        };
+        // Dropped from now on, and reported before anything can fail: a
+        // cursor write that fails may still be what a restart reads.
         self.cursor = new_cursor;
+        let dropped = self.segments.get_mut(&name).expect("the oldest segment");
+        dropped.delivered_records = dropped.records;
+        dropped.delivered_bytes = dropped.record_bytes;
         while self
             .in_flight
             .front()
@@ -401,25 +424,15 @@ impl Spool {
         {
             self.in_flight.pop_front();
         }
-        let path = self.config.dir.join(name.file_name());
-        if self.read_file.as_ref().is_some_and(|(open, _)| *open == name) {
-            self.read_file = None;
-        }
-        self.disk
-            .remove(&path)
-            .map_err(|e| SpoolError::io("delete segment", &path, e))?;
-        self.segments.remove(&name);
-        self.disk
-            .sync_dir(&self.config.dir)
-            .map_err(|e| SpoolError::io("sync spool directory", &self.config.dir, e))?;
+        // Records delivered out of order right after the dropped ones.
+        self.advance_cursor();
         self.read_last_index = self.read_last_index.max(new_cursor);
         if self.runtime_damage.is_some_and(|(damaged, _)| damaged == name) {
             self.runtime_damage = None;
         }
-        if undelivered == 0 && event.indexes.is_none() {
+        if undelivered == 0 {
             // Fully delivered already: an early deletion, not a loss.
-            self.stats.segments_deleted_total += 1;
-            tracing::debug!(segment = %name, "spool full: deleted a delivered segment early");
+            tracing::debug!(segment = %name, "spool full: deleting a delivered segment early");
         } else {
             self.stats.dropped_full_total += undelivered;
             self.stats.drop_events_total += 1;
@@ -435,59 +448,62 @@ impl Spool {
             }
             self.drop_events.push_back(event);
         }
+        // The durable cursor passes the records before their file goes.
+        self.cursor_store
+            .persist(self.disk.as_ref(), &self.config.dir, new_cursor)
+            .map_err(|e| SpoolError::io("persist cursor in", &self.config.dir, e))?;
+        let path = self.config.dir.join(name.file_name());
+        if self.read_file.as_ref().is_some_and(|(open, _)| *open == name) {
+            self.read_file = None;
+        }
+        self.disk
+            .remove(&path)
+            .map_err(|e| SpoolError::io("delete segment", &path, e))?;
+        self.segments.remove(&name);
+        self.stats.segments_deleted_total += 1;
+        if let Err(error) = self.disk.sync_dir(&self.config.dir) {
+            // Not needed for correctness: a segment that comes back after a
+            // crash lies at or below the durable cursor and is deleted again.
+            tracing::warn!(%error, "spool: sync after deleting a segment failed");
+        }
         self.check_invariants();
         Ok(true)
     }
 
-    /// Which records a drop removes: a read-only scan of the segment
-    /// (bounded: one segment, per-sensor ranges only).
-    fn describe_drop(&self, meta: &SegmentMeta, cursor: u64, upper: u64) -> DropEvent {
+    /// Which `seq`s a drop removes, per sensor: a read-only scan of the
+    /// segment (bounded: one segment, one entry per sensor).
+    fn describe_drop(&self, meta: &SegmentMeta, cursor: u64, upper: u64) -> BTreeMap<String, DroppedSeqs> {
         let mut sensors: BTreeMap<String, DroppedSeqs> = BTreeMap::new();
-        let mut indexes: Option<IndexRange> = None;
         let path = self.config.dir.join(meta.name.file_name());
-        if let Ok(file) = self.disk.open(&path) {
-            let mut window = ReadWindow::default();
-            let mut scanner = Scanner::new(
-                file.as_ref(),
-                &mut window,
-                0,
-                meta.readable_end,
-                ReadErrors::AsDamage,
-            );
-            while let Ok(Some(item)) = scanner.next_item() {
-                let ScanItem::Frame(frame) = item else { continue };
-                let index = frame.header.index;
-                if index <= cursor || index > upper {
-                    continue;
-                }
-                let Ok(reading) = self.codec.decode_body(&frame.body) else {
-                    continue;
-                };
-                indexes = Some(match indexes {
-                    None => IndexRange {
-                        first: index,
-                        last: index,
-                    },
-                    Some(range) => IndexRange {
-                        first: range.first.min(index),
-                        last: range.last.max(index),
-                    },
-                });
-                let entry = sensors.entry(reading.sensor_id).or_insert(DroppedSeqs {
-                    first_seq: reading.seq,
-                    last_seq: reading.seq,
-                    records: 0,
-                });
-                entry.first_seq = entry.first_seq.min(reading.seq);
-                entry.last_seq = entry.last_seq.max(reading.seq);
-                entry.records += 1;
+        let Ok(file) = self.disk.open(&path) else {
+            return sensors;
+        };
+        let mut window = ReadWindow::default();
+        let mut scanner = Scanner::new(
+            file.as_ref(),
+            &mut window,
+            0,
+            meta.readable_end,
+            ReadErrors::AsDamage,
+        );
+        while let Ok(Some(item)) = scanner.next_item() {
+            let ScanItem::Frame(frame) = item else { continue };
+            let index = frame.header.index;
+            if index <= cursor || index > upper {
+                continue;
             }
+            let Ok(reading) = self.codec.decode_body(&frame.body) else {
+                continue;
+            };
+            let entry = sensors.entry(reading.sensor_id).or_insert(DroppedSeqs {
+                first_seq: reading.seq,
+                last_seq: reading.seq,
+                records: 0,
+            });
+            entry.first_seq = entry.first_seq.min(reading.seq);
+            entry.last_seq = entry.last_seq.max(reading.seq);
+            entry.records += 1;
         }
-        DropEvent {
-            segment: meta.name.file_name(),
-            indexes,
-            records: meta.undelivered_records(),
-            sensors,
-        }
+        sensors
     }
 }
