@@ -18,6 +18,12 @@ use std::sync::Once;
 /// `schemas/soil_reading.avsc`.
 pub const SOIL_READING_SCHEMA_V1: &str = include_str!("../../schemas/soil_reading.avsc");
 
+/// Version 2 of the reading schema, as shipped in
+/// `schemas/soil_reading_v2.avsc`: version 1 plus the optional
+/// `signal_rssi_dbm` (default null). Backward and forward compatible with
+/// version 1.
+pub const SOIL_READING_SCHEMA_V2: &str = include_str!("../../schemas/soil_reading_v2.avsc");
+
 /// The Confluent wire-format magic byte.
 pub const WIRE_MAGIC: u8 = 0;
 

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 mod gateway_cmd;
 mod consume_cmd;
 mod spool_cmd;
+mod registry_cmd;
 mod sim_cmd;
 
 /// soilstream: fault-tolerant ingestion of field soil-sensor readings into Kafka.
@@ -28,6 +29,8 @@ enum Command {
     Consume(consume_cmd::Args),
     /// Inspect or verify a spool directory (read-only; works on damaged spools).
     Spool(spool_cmd::Args),
+    /// Run the Confluent-compatible schema registry service.
+    Registry(registry_cmd::Args),
     /// Play scenarios in the deterministic simulator and check the invariants.
     Sim(sim_cmd::Args),
 }
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => block_on(gateway_cmd::run(args)),
         Command::Consume(args) => block_on(consume_cmd::run(args)),
         Command::Spool(args) => spool_cmd::run(args),
+        Command::Registry(args) => block_on(registry_cmd::run(args)),
         Command::Sim(args) => sim_cmd::run(args),
     };
     match result {

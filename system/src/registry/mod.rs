@@ -2,8 +2,34 @@
 //! they write with, and readers get the writer schema for an id.
 //!
 //! Implementations: [`InProcessRegistry`] (a registry living inside the
-//! process, for tests and single-process tools) and, with the registry
-//! service, an HTTP client of a Confluent-compatible registry.
+//! process, for tests and single-process tools) and [`HttpRegistryClient`]
+//! (HTTP to a Confluent-compatible registry).
+//!
+//! The module also holds the registry service itself, `soilstream registry
+//! serve`: a Confluent-compatible Schema Registry.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`schema`] | schema parsing, validation, identity |
+//! | [`compat`] | compatibility levels and the resolution-rule checker |
+//! | [`log`] | framing of the durable event log |
+//! | [`store`] | registry state, rules and durable storage on a [`crate::disk::Disk`] |
+//! | [`api`] | the REST API (axum), runnable on any listener |
+//! | [`client`] | [`HttpRegistryClient`] over a [`Connector`] |
+
+pub mod api;
+pub mod client;
+pub mod compat;
+pub mod log;
+pub mod schema;
+pub mod store;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+pub use api::{ApiLimits, open_router, router, serve};
+pub use client::{Connector, HttpRegistryClient, HttpRegistryClientConfig, TcpConnector};
+pub use compat::CompatibilityLevel;
+pub use store::{Store, StoreLimits};
 
 use futures::future::LocalBoxFuture;
 use std::cell::RefCell;
@@ -58,7 +84,7 @@ pub fn value_subject(topic: &str) -> String {
 
 #[derive(Debug, Default)]
 struct InProcessState {
-    /// Canonical schema text -> id.
+    /// Schema identity key -> id.
     ids_by_schema: BTreeMap<String, u32>,
     /// id -> schema text as registered.
     schemas_by_id: BTreeMap<u32, String>,
@@ -82,12 +108,13 @@ impl InProcessRegistry {
     }
 
     fn register_now(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
-        let parsed = apache_avro::Schema::parse_str(schema)
-            .map_err(|e| RegistryError::InvalidSchema(e.to_string()))?;
-        let canonical = parsed.canonical_form();
+        // The same notion of "same schema" as the registry service.
+        let parsed =
+            schema::ParsedSchema::parse(schema).map_err(|e| RegistryError::InvalidSchema(e.to_string()))?;
+        let key = parsed.key().to_owned();
         let mut state = self.state.borrow_mut();
         let next_id = state.schemas_by_id.len() as u32 + 1;
-        let id = *state.ids_by_schema.entry(canonical).or_insert(next_id);
+        let id = *state.ids_by_schema.entry(key).or_insert(next_id);
         state.schemas_by_id.entry(id).or_insert_with(|| schema.to_owned());
         let versions = state.subjects.entry(subject.to_owned()).or_default();
         if !versions.contains(&id) {
