@@ -13,6 +13,7 @@
 //! | `SchemaRegistry` | [`registry`] |
 //! | `SensorSource` | [`source`] |
 
+pub mod backfill;
 pub mod clock;
 pub mod codec;
 pub mod disk;

@@ -38,3 +38,8 @@ fn main() -> ExitCode {
         }
     }
 }
+
+// WIRE: add `Backfill(backfill_cmd::Args)` to `Command` and dispatch it with
+// `backfill_cmd::run` on a current-thread runtime; then drop the `allow`.
+#[allow(dead_code)]
+mod backfill_cmd;
