@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 mod gateway_cmd;
 mod consume_cmd;
+mod backfill_cmd;
 mod spool_cmd;
 mod registry_cmd;
 mod sim_cmd;
@@ -27,6 +28,9 @@ enum Command {
     Gateway(gateway_cmd::Args),
     /// Print the readings of a topic, decoded, with partition, offset and times.
     Consume(consume_cmd::Args),
+    /// Ingest an SD-card log (CSV) into the raw topic with the original event
+    /// times; resumable, rate-limited.
+    Backfill(backfill_cmd::Args),
     /// Inspect or verify a spool directory (read-only; works on damaged spools).
     Spool(spool_cmd::Args),
     /// Run the Confluent-compatible schema registry service.
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Gateway(args) => block_on(gateway_cmd::run(args)),
         Command::Consume(args) => block_on(consume_cmd::run(args)),
+        Command::Backfill(args) => block_on(backfill_cmd::run(args)),
         Command::Spool(args) => spool_cmd::run(args),
         Command::Registry(args) => block_on(registry_cmd::run(args)),
         Command::Sim(args) => sim_cmd::run(args),

@@ -1,0 +1,345 @@
+//! `soilstream backfill`: ingests an SD-card log (CSV) into the raw topic,
+//! each record stamped with its original event time.
+//!
+//! ```text
+//! soilstream backfill examples/sdcard-log.csv --gateway-id gw-07-sd \
+//!     --brokers 127.0.0.1:9092 --max-rate 500 --retention-ms 604800000
+//! ```
+//!
+//! Re-running the same command after a kill resumes after the checkpoint
+//! (`<FILE>.checkpoint`); re-running it after completion sends nothing.
+//! Bad rows are listed in `<FILE>.rejects.csv` (or stop the run with
+//! `--strict`). See `soilstream::backfill` for the CSV columns and the
+//! checkpoint format.
+//!
+//! Exit codes: 0 done (bad rows may have been skipped: see the summary),
+//! 1 error, 2 stopped at a bad row (`--strict`), 130 interrupted (resume by
+//! running the same command again).
+//!
+//! Must run on a current-thread runtime: the producer seam is not `Send`.
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use soilstream::backfill::{
+    BackfillError, BackfillOptions, BackfillProgress, BackfillSummary, DEFAULT_CHECKPOINT_EVERY_ROWS,
+    DEFAULT_FUTURE_TOLERANCE_MS, DEFAULT_MAX_IN_FLIGHT_ROWS, DEFAULT_TOPIC, LogProgress, ProgressSnapshot,
+    run_backfill,
+};
+use soilstream::clock::SystemClock;
+use soilstream::registry::InProcessRegistry;
+use soilstream::transport::LogProducer;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+
+/// Exit code of a run stopped by a bad row in strict mode.
+const EXIT_BAD_ROW: u8 = 2;
+/// Exit code of a run interrupted by Ctrl-C.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Arguments of `soilstream backfill`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The SD-card log: CSV with a header row (sensor_id, timestamp, moisture,
+    /// temperature; optional ec, depth_cm, battery_v).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Gateway id of the produced records. Use one of the backfill's own
+    /// (e.g. `gw-07-sd`): seq numbers are the file's line numbers.
+    #[arg(long, value_name = "ID")]
+    gateway_id: String,
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    #[arg(
+        long,
+        env = "SOILSTREAM_BROKERS",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9092"
+    )]
+    brokers: String,
+    /// Topic to produce to.
+    #[arg(long, value_name = "T", default_value = DEFAULT_TOPIC)]
+    topic: String,
+    /// Most rows per second to send (default: as fast as the broker acknowledges).
+    #[arg(long, value_name = "ROWS_PER_S")]
+    max_rate: Option<u32>,
+    /// Most rows sent and not yet acknowledged.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_IN_FLIGHT_ROWS)]
+    max_in_flight: usize,
+    /// Stop at the first bad row (exit code 2) instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+    /// Where to write bad rows [default: <FILE>.rejects.csv].
+    #[arg(long, value_name = "PATH")]
+    rejects: Option<PathBuf>,
+    /// Where to keep the resume checkpoint [default: <FILE>.checkpoint].
+    #[arg(long, value_name = "PATH")]
+    checkpoint: Option<PathBuf>,
+    /// Ignore an existing checkpoint and start from the first row.
+    #[arg(long)]
+    restart: bool,
+    /// Depth in cm for rows without a depth_cm value.
+    #[arg(long, value_name = "CM")]
+    depth_cm: Option<i32>,
+    /// The topic's retention.ms: warn about rows older than that.
+    #[arg(long, value_name = "MS")]
+    retention_ms: Option<i64>,
+    /// Warn about event times more than this far ahead of the clock.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_FUTURE_TOLERANCE_MS)]
+    future_tolerance_ms: i64,
+    /// Save the checkpoint after this many newly acknowledged rows.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CHECKPOINT_EVERY_ROWS)]
+    checkpoint_every: u64,
+    /// A librdkafka property, e.g. `-X security.protocol=SSL` (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    properties: Vec<(String, String)>,
+    /// Print the summary as JSON (on stdout) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
+    }
+}
+
+impl Args {
+    /// The library options these arguments stand for.
+    fn options(&self) -> BackfillOptions {
+        let mut options = BackfillOptions::new(self.file.clone(), self.gateway_id.clone());
+        options.topic = self.topic.clone();
+        options.default_depth_cm = self.depth_cm;
+        options.strict = self.strict;
+        options.rejects_path = self.rejects.clone();
+        options.checkpoint_path = self.checkpoint.clone();
+        options.restart = self.restart;
+        options.max_rate_rows_per_s = self.max_rate;
+        options.max_in_flight_rows = self.max_in_flight;
+        options.checkpoint_every_rows = self.checkpoint_every;
+        options.retention_ms = self.retention_ms;
+        options.future_tolerance_ms = self.future_tolerance_ms;
+        options
+    }
+}
+
+/// The producer the backfill sends through.
+fn make_producer(brokers: &str, properties: &[(String, String)]) -> anyhow::Result<Rc<dyn LogProducer>> {
+    // WIRE: build `KafkaProducer::new(&KafkaClientConfig { bootstrap_servers:
+    // brokers, properties })` here and return it as `Rc<dyn LogProducer>`.
+    let _ = (brokers, properties);
+    anyhow::bail!("rdkafka producer not wired yet")
+}
+
+/// Runs the command.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let options = args.options();
+    options.validate()?;
+    let producer = make_producer(&args.brokers, &args.properties)
+        .with_context(|| format!("creating the Kafka producer for {}", args.brokers))?;
+    // WIRE: use the Schema Registry HTTP client (with a `--registry URL`
+    // flag) once it is merged; an in-process registry gives ids that only
+    // this process knows.
+    let registry = InProcessRegistry::new();
+    let progress: Box<dyn BackfillProgress> = if std::io::stderr().is_terminal() {
+        Box::new(BarProgress::new())
+    } else {
+        Box::new(LogProgress::default())
+    };
+    let backfill = run_backfill(
+        options,
+        producer.as_ref(),
+        &registry,
+        &SystemClock,
+        progress.as_ref(),
+    );
+    let result = tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!(
+                "interrupted: rows acknowledged up to the last checkpoint are kept; \
+                 run the same command again to resume"
+            );
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+        result = backfill => result,
+    };
+    match result {
+        Ok(summary) => {
+            print_summary(&summary, args.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            if let Some(summary) = error.partial_summary() {
+                print_summary(summary, args.json)?;
+            }
+            if matches!(error, BackfillError::StrictReject { .. }) {
+                eprintln!("error: {error}");
+                return Ok(ExitCode::from(EXIT_BAD_ROW));
+            }
+            Err(error.into())
+        }
+    }
+}
+
+fn print_summary(summary: &BackfillSummary, json: bool) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut stdout, summary).context("writing the summary")?;
+        writeln!(stdout).context("writing the summary")?;
+    } else {
+        writeln!(stdout, "{summary}").context("writing the summary")?;
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr: bytes of the file read (with the ETA) and
+/// rows per second.
+struct BarProgress {
+    bar: ProgressBar,
+}
+
+impl BarProgress {
+    fn new() -> Self {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {percent:>3}% {bytes}/{total_bytes} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        Self { bar }
+    }
+}
+
+impl BackfillProgress for BarProgress {
+    fn begin(&self, file_size_bytes: u64) {
+        self.bar.set_length(file_size_bytes);
+        self.bar.reset_elapsed();
+    }
+
+    fn update(&self, snapshot: &ProgressSnapshot) {
+        self.bar
+            .set_position(snapshot.bytes_read.min(snapshot.file_size_bytes));
+        let elapsed_s = self.bar.elapsed().as_secs_f64();
+        let done = snapshot.rows_produced + snapshot.rows_skipped_done + snapshot.rows_rejected;
+        let rows_per_s = if elapsed_s > 0.0 {
+            done as f64 / elapsed_s
+        } else {
+            0.0
+        };
+        self.bar.set_message(format!(
+            "{} rows, {rows_per_s:.0} rows/s, {} rejected",
+            snapshot.rows_read, snapshot.rows_rejected
+        ));
+    }
+
+    fn end(&self, snapshot: &ProgressSnapshot) {
+        self.update(snapshot);
+        self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("backfill").chain(argv.iter().copied())).map(|cli| cli.args)
+    }
+
+    #[test]
+    fn flags_map_to_options() {
+        let args = parse(&[
+            "log.csv",
+            "--gateway-id",
+            "gw-7-sd",
+            "--brokers",
+            "10.0.0.1:9092",
+            "--topic",
+            "raw",
+            "--max-rate",
+            "250",
+            "--max-in-flight",
+            "64",
+            "--strict",
+            "--rejects",
+            "bad.csv",
+            "--checkpoint",
+            "cp.json",
+            "--restart",
+            "--depth-cm",
+            "30",
+            "--retention-ms",
+            "604800000",
+            "-X",
+            "security.protocol=SSL",
+            "-X",
+            "linger.ms=5",
+            "--json",
+        ])
+        .unwrap();
+        let options = args.options();
+        assert_eq!(options.csv_path, PathBuf::from("log.csv"));
+        assert_eq!(options.gateway_id, "gw-7-sd");
+        assert_eq!(options.topic, "raw");
+        assert_eq!(options.max_rate_rows_per_s, Some(250));
+        assert_eq!(options.max_in_flight_rows, 64);
+        assert!(options.strict && options.restart && args.json);
+        assert_eq!(options.effective_rejects_path(), PathBuf::from("bad.csv"));
+        assert_eq!(options.effective_checkpoint_path(), PathBuf::from("cp.json"));
+        assert_eq!(options.default_depth_cm, Some(30));
+        assert_eq!(options.retention_ms, Some(604_800_000));
+        assert_eq!(args.brokers, "10.0.0.1:9092");
+        assert_eq!(
+            args.properties,
+            [
+                ("security.protocol".to_owned(), "SSL".to_owned()),
+                ("linger.ms".to_owned(), "5".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&["log.csv", "--gateway-id", "gw"]).unwrap();
+        let options = args.options();
+        assert_eq!(options, BackfillOptions::new("log.csv", "gw"));
+        assert_eq!(options.topic, "soil-moisture-raw");
+        assert!(!args.json);
+        assert!(parse(&["log.csv"]).is_err(), "--gateway-id is required");
+        assert!(parse(&["--gateway-id", "gw"]).is_err(), "FILE is required");
+    }
+
+    #[test]
+    fn bad_properties_are_refused() {
+        let error = parse(&["log.csv", "--gateway-id", "gw", "-X", "novalue"]).unwrap_err();
+        assert!(
+            error.to_string().contains("expected KEY=VALUE, got `novalue`"),
+            "{error}"
+        );
+        assert!(parse(&["log.csv", "--gateway-id", "gw", "-X", "=v"]).is_err());
+        assert_eq!(
+            parse_property("a.b= c=d"),
+            Ok(("a.b".to_owned(), " c=d".to_owned()))
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn invalid_options_fail_before_connecting() {
+        let args = parse(&["log.csv", "--gateway-id", "gw", "--max-rate", "0"]).unwrap();
+        let error = run(args).await.unwrap_err();
+        assert!(
+            error.to_string().contains("max rate must be at least 1 row/s"),
+            "{error}"
+        );
+    }
+}
