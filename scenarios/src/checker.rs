@@ -73,17 +73,11 @@ impl AnomalyKind {
 }
 
 /// How strict to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckOptions {
     /// Whether duplicates fail the check (true for deduplicated topics, false
     /// for the raw topic where they are only counted).
     pub duplicates_fail: bool,
-}
-
-impl Default for CheckOptions {
-    fn default() -> Self {
-        Self { duplicates_fail: false }
-    }
 }
 
 /// The anomalies of one kind: how many, and a few examples.
@@ -210,7 +204,9 @@ pub fn check_topic(
     for record in records {
         let place = format!("partition {} offset {}", record.partition, record.offset);
         let Some(value) = record.value.as_deref() else {
-            report.add(AnomalyKind::Corrupt, || format!("{place}: record without a value"));
+            report.add(AnomalyKind::Corrupt, || {
+                format!("{place}: record without a value")
+            });
             continue;
         };
         let reading = match decode(value) {
@@ -222,7 +218,9 @@ pub fn check_topic(
         };
         report.tally.records_in_topic += 1;
         let expected_partition = partition_for_key(reading.sensor_id.as_bytes(), partition_count);
-        if record.partition != expected_partition || record.key.as_deref() != Some(reading.sensor_id.as_bytes()) {
+        if record.partition != expected_partition
+            || record.key.as_deref() != Some(reading.sensor_id.as_bytes())
+        {
             report.add(AnomalyKind::WrongPartition, || {
                 format!(
                     "{place}: sensor {} belongs in partition {expected_partition} with its id as key",
@@ -230,7 +228,8 @@ pub fn check_topic(
                 )
             });
         }
-        if record.timestamp_kind != TimestampKind::CreateTime || record.timestamp_ms != reading.event_time_ms {
+        if record.timestamp_kind != TimestampKind::CreateTime || record.timestamp_ms != reading.event_time_ms
+        {
             report.add(AnomalyKind::TimestampMismatch, || {
                 format!(
                     "{place}: timestamp {} ({:?}) but event time {}",
@@ -238,9 +237,15 @@ pub fn check_topic(
                 )
             });
         }
-        let seq_header = record.header(HEADER_SEQ).and_then(|v| std::str::from_utf8(v).ok());
-        let gateway_header = record.header(HEADER_GATEWAY_ID).and_then(|v| std::str::from_utf8(v).ok());
-        if seq_header != Some(reading.seq.to_string().as_str()) || gateway_header != Some(reading.gateway_id.as_str()) {
+        let seq_header = record
+            .header(HEADER_SEQ)
+            .and_then(|v| std::str::from_utf8(v).ok());
+        let gateway_header = record
+            .header(HEADER_GATEWAY_ID)
+            .and_then(|v| std::str::from_utf8(v).ok());
+        if seq_header != Some(reading.seq.to_string().as_str())
+            || gateway_header != Some(reading.gateway_id.as_str())
+        {
             report.add(AnomalyKind::Corrupt, || {
                 format!(
                     "{place}: headers gateway_id={gateway_header:?} seq={seq_header:?} disagree with the value ({} seq {})",
@@ -251,12 +256,17 @@ pub fn check_topic(
         match ledger.entries().get(&reading.id()) {
             Some(entry) if entry.reading != reading => {
                 report.add(AnomalyKind::Corrupt, || {
-                    format!("{place}: {:?} differs from what was sampled: {:?}", reading, entry.reading)
+                    format!(
+                        "{place}: {:?} differs from what was sampled: {:?}",
+                        reading, entry.reading
+                    )
                 });
             }
             Some(_) => {}
             None if ledger.knows_sampled => {
-                report.add(AnomalyKind::Unexpected, || format!("{place}: {:?} was never sampled", reading.id()));
+                report.add(AnomalyKind::Unexpected, || {
+                    format!("{place}: {:?} was never sampled", reading.id())
+                });
             }
             None => {} // real world: fsynced but not yet in the ledger file at a kill
         }
@@ -290,7 +300,9 @@ pub fn check_topic(
     }
 
     for (a, b) in ledger.reused_identities() {
-        report.add(AnomalyKind::SeqReused, || format!("{:?} sampled as {a:?} and as {b:?}", a.id()));
+        report.add(AnomalyKind::SeqReused, || {
+            format!("{:?} sampled as {a:?} and as {b:?}", a.id())
+        });
     }
 
     // Durable readings that never arrived, per gateway, before excuses.
@@ -304,7 +316,10 @@ pub fn check_topic(
             Fate::Durable => {
                 report.tally.durable += 1;
                 if !delivered {
-                    missing_durable.entry(id.gateway_id.clone()).or_default().push(id.clone());
+                    missing_durable
+                        .entry(id.gateway_id.clone())
+                        .or_default()
+                        .push(id.clone());
                 }
             }
             Fate::LostBeforeDurable if !delivered => report.tally.lost_before_durable += 1,
@@ -338,7 +353,9 @@ pub fn check_topic(
         let excused_here = (missing.len() as u64).min(excused);
         report.tally.lost_to_reported_damage_or_drop += excused_here;
         for id in missing.iter().skip(excused_here as usize) {
-            report.add(AnomalyKind::Lost, || format!("{id:?} was acknowledged durable and never delivered"));
+            report.add(AnomalyKind::Lost, || {
+                format!("{id:?} was acknowledged durable and never delivered")
+            });
         }
     }
 
@@ -406,7 +423,11 @@ mod tests {
         let rs: Vec<_> = (1..=3).map(|s| reading("a", s)).collect();
         rs.iter().for_each(|r| ledger.sampled(r));
         ledger.durable(&rs);
-        let records: Vec<_> = rs.iter().enumerate().map(|(i, r)| record(r, 1, i as i64)).collect();
+        let records: Vec<_> = rs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| record(r, 1, i as i64))
+            .collect();
         let report = check(&ledger, &records);
         assert!(report.valid, "{report}");
         assert_eq!(report.tally.durable, 3);
@@ -419,18 +440,24 @@ mod tests {
         let rs: Vec<_> = (1..=4).map(|s| reading("a", s)).collect();
         rs.iter().for_each(|r| ledger.sampled(r));
         ledger.durable(&rs);
-        ledger.delivered(&rs[0], RecordPosition { partition: 0, offset: 7 });
+        ledger.delivered(
+            &rs[0],
+            RecordPosition {
+                partition: 0,
+                offset: 7,
+            },
+        );
         let mut altered = rs[2].clone();
         altered.moisture_vwc = 0.9;
         let mut late_ts = record(&rs[0], 1, 2);
         late_ts.timestamp_ms += 1;
         let stranger = reading("b", 1);
         let records = vec![
-            record(&rs[1], 1, 0),     // seq 2 first
-            record(&rs[0], 1, 1),     // seq 1 after: nonmonotonic
-            late_ts,                  // duplicate of seq 1 with a wrong timestamp
-            record(&altered, 1, 3),   // corrupt
-            record(&stranger, 1, 4),  // unexpected
+            record(&rs[1], 1, 0),    // seq 2 first
+            record(&rs[0], 1, 1),    // seq 1 after: nonmonotonic
+            late_ts,                 // duplicate of seq 1 with a wrong timestamp
+            record(&altered, 1, 3),  // corrupt
+            record(&stranger, 1, 4), // unexpected
         ];
         // rs[3] (seq 4) never delivered: lost. rs[0] reported at offset 7: inconsistent.
         let report = check(&ledger, &records);
@@ -478,7 +505,15 @@ mod tests {
         ledger.durable(std::slice::from_ref(&r));
         let records = vec![record(&r, 1, 0), record(&r, 1, 1)];
         assert!(check(&ledger, &records).valid);
-        let strict = check_topic(&ledger, &records, 1, &decode, CheckOptions { duplicates_fail: true });
+        let strict = check_topic(
+            &ledger,
+            &records,
+            1,
+            &decode,
+            CheckOptions {
+                duplicates_fail: true,
+            },
+        );
         assert!(!strict.valid);
     }
 }

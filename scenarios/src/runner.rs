@@ -252,7 +252,11 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
             apply(&mut world, scenario, &actions[next_action], &mut events);
             next_action += 1;
         }
-        if next_action == actions.len() && elapsed_ms >= healed_at_ms && drained_at_ms.is_none() && all_drained(&mut world) {
+        if next_action == actions.len()
+            && elapsed_ms >= healed_at_ms
+            && drained_at_ms.is_none()
+            && all_drained(&mut world)
+        {
             drained_at_ms = Some(elapsed_ms);
         }
         if elapsed_ms >= run_until_ms && next_action == actions.len() {
@@ -317,7 +321,10 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     for g in &world.gateways {
         let depth = g.metrics.spool_depth_records.get();
         if depth != 0 {
-            failures.push(format!("{}: {depth} readings still spooled after shutdown", g.name));
+            failures.push(format!(
+                "{}: {depth} readings still spooled after shutdown",
+                g.name
+            ));
         }
         for failure in g.open_failures.borrow().iter() {
             failures.push(format!("{}: spool did not reopen: {failure}", g.name));
@@ -328,7 +335,8 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     }
 
     // Phase 3: read the raw topic to its end.
-    let read: Rc<RefCell<Option<Result<Vec<ConsumedRecord>, String>>>> = Rc::new(RefCell::new(None));
+    type TopicRead = Option<Result<Vec<ConsumedRecord>, String>>;
+    let read: Rc<RefCell<TopicRead>> = Rc::new(RefCell::new(None));
     {
         let read = read.clone();
         let config = consumer_config(tick_ms);
@@ -370,7 +378,12 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     if !check.valid {
         for (kind, list) in &check.anomalies {
             if *kind != crate::checker::AnomalyKind::Duplicate {
-                failures.push(format!("{} {}: {}", list.count, kind.name(), list.examples.join("; ")));
+                failures.push(format!(
+                    "{} {}: {}",
+                    list.count,
+                    kind.name(),
+                    list.examples.join("; ")
+                ));
             }
         }
     }

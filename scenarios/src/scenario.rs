@@ -474,7 +474,9 @@ impl Scenario {
             return Err(format!("topology.gateways must be 1..={GATEWAYS_MAX}"));
         }
         if t.sensors_per_gateway == 0 || t.sensors_per_gateway > SENSORS_PER_GATEWAY_MAX {
-            return Err(format!("topology.sensors_per_gateway must be 1..={SENSORS_PER_GATEWAY_MAX}"));
+            return Err(format!(
+                "topology.sensors_per_gateway must be 1..={SENSORS_PER_GATEWAY_MAX}"
+            ));
         }
         if t.sample_interval_ms < self.tick_ms {
             return Err("topology.sample_interval_ms must be at least tick_ms".into());
@@ -496,7 +498,10 @@ impl Scenario {
             if let Some(g) = fault.gateway()
                 && g >= t.gateways
             {
-                return Err(format!("{at}: gateway {g} does not exist (gateways = {})", t.gateways));
+                return Err(format!(
+                    "{at}: gateway {g} does not exist (gateways = {})",
+                    t.gateways
+                ));
             }
             if fault.end_s() > self.duration_s {
                 return Err(format!(
@@ -558,10 +563,16 @@ clock_jump_ms = -5000
         let err = Scenario::parse(&EXAMPLE.replace("gateway = 1", "gateway = 5"), "x.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("x.toml") && err.contains("gateway 5 does not exist"), "{err}");
-        let err = Scenario::parse(&EXAMPLE.replace("kind = \"power_loss\"", "kind = \"meteor\""), "y.toml")
-            .unwrap_err()
-            .to_string();
+        assert!(
+            err.contains("x.toml") && err.contains("gateway 5 does not exist"),
+            "{err}"
+        );
+        let err = Scenario::parse(
+            &EXAMPLE.replace("kind = \"power_loss\"", "kind = \"meteor\""),
+            "y.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("y.toml") && err.contains("meteor"), "{err}");
     }
 }

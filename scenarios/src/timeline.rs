@@ -191,7 +191,11 @@ pub fn expand(scenario: &Scenario) -> Vec<TimedAction> {
                 push(at_s + duration_s, Action::ReadCorruption(gateway, 0.0));
             }
             Fault::BitFlips { gateway, at_s, flips } => push(at_s, Action::BitFlips(gateway, flips)),
-            Fault::ClockJump { gateway, at_s, jump_ms } => push(at_s, Action::ClockJump(gateway, jump_ms)),
+            Fault::ClockJump {
+                gateway,
+                at_s,
+                jump_ms,
+            } => push(at_s, Action::ClockJump(gateway, jump_ms)),
         }
     }
     actions.sort_by_key(|a| a.at_ms);
@@ -222,7 +226,10 @@ cycles = 2
             "t",
         )
         .unwrap();
-        let at: Vec<_> = expand(&s).iter().map(|a| (a.at_ms / 1000, a.action.clone())).collect();
+        let at: Vec<_> = expand(&s)
+            .iter()
+            .map(|a| (a.at_ms / 1000, a.action.clone()))
+            .collect();
         assert_eq!(
             at,
             vec![

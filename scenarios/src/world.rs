@@ -5,7 +5,9 @@
 use crate::ledger::{Ledger, LedgerObserver};
 use crate::scenario::Scenario;
 use soilstream::gateway::config::{ForwarderConfig, SamplerConfig, SyncPolicy};
-use soilstream::gateway::{GatewayParts, GatewaySettings, ProducerFactory, Shutdown, ShutdownTrigger, run_gateway};
+use soilstream::gateway::{
+    GatewayParts, GatewaySettings, ProducerFactory, Shutdown, ShutdownTrigger, run_gateway,
+};
 use soilstream::metrics::GatewayMetrics;
 use soilstream::registry::InProcessRegistry;
 use soilstream::source::{SensorSimulator, SimulatorConfig};

@@ -26,8 +26,11 @@ use soilstream::backfill::{
     run_backfill,
 };
 use soilstream::clock::SystemClock;
-use soilstream::registry::InProcessRegistry;
+use soilstream::registry::{
+    HttpRegistryClient, HttpRegistryClientConfig, InProcessRegistry, SchemaRegistry, TcpConnector,
+};
 use soilstream::transport::LogProducer;
+use soilstream::transport::kafka::{KafkaClientConfig, KafkaProducer};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +99,10 @@ pub struct Args {
     /// Print the summary as JSON (on stdout) instead of text.
     #[arg(long)]
     json: bool,
+    /// Schema registry URL: the schema is registered (or looked up) there and
+    /// its id written into every value. Without it: in-process id 1.
+    #[arg(long, env = "SOILSTREAM_REGISTRY_URL", value_name = "URL")]
+    registry: Option<String>,
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -126,10 +133,11 @@ impl Args {
 
 /// The producer the backfill sends through.
 fn make_producer(brokers: &str, properties: &[(String, String)]) -> anyhow::Result<Rc<dyn LogProducer>> {
-    // WIRE: build `KafkaProducer::new(&KafkaClientConfig { bootstrap_servers:
-    // brokers, properties })` here and return it as `Rc<dyn LogProducer>`.
-    let _ = (brokers, properties);
-    anyhow::bail!("rdkafka producer not wired yet")
+    let config = KafkaClientConfig {
+        bootstrap_servers: brokers.to_owned(),
+        properties: properties.iter().cloned().collect(),
+    };
+    Ok(Rc::new(KafkaProducer::new(&config)?))
 }
 
 /// Runs the command.
@@ -138,10 +146,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     options.validate()?;
     let producer = make_producer(&args.brokers, &args.properties)
         .with_context(|| format!("creating the Kafka producer for {}", args.brokers))?;
-    // WIRE: use the Schema Registry HTTP client (with a `--registry URL`
-    // flag) once it is merged; an in-process registry gives ids that only
-    // this process knows.
-    let registry = InProcessRegistry::new();
+    // Without a registry the values carry schema id 1 of an in-process
+    // registry, which consumers decode with the shipped v1 schema.
+    let registry: Box<dyn SchemaRegistry> = match &args.registry {
+        Some(url) => Box::new(
+            HttpRegistryClient::new(TcpConnector, url, HttpRegistryClientConfig::default())
+                .context("--registry")?,
+        ),
+        None => Box::new(InProcessRegistry::new()),
+    };
     let progress: Box<dyn BackfillProgress> = if std::io::stderr().is_terminal() {
         Box::new(BarProgress::new())
     } else {
@@ -150,7 +163,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let backfill = run_backfill(
         options,
         producer.as_ref(),
-        &registry,
+        registry.as_ref(),
         &SystemClock,
         progress.as_ref(),
     );

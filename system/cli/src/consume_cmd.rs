@@ -8,13 +8,16 @@
 
 use anyhow::Context;
 use serde_json::json;
-use soilstream::codec::{ReadingCodec, from_wire};
+use soilstream::codec::ReadingCodec;
+use soilstream::decode::ReadingDecoder;
 use soilstream::model::Reading;
+use soilstream::registry::{HttpRegistryClient, HttpRegistryClientConfig, TcpConnector};
 use soilstream::transport::kafka::{KafkaClientConfig, KafkaConsumer};
 use soilstream::transport::{ConsumeError, ConsumedRecord, LogConsumer, StartOffset, TimestampKind};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Longest single wait for records, in ms (keeps Ctrl-C and the idle timer
@@ -45,6 +48,10 @@ pub struct Args {
     /// A librdkafka property, e.g. `-X security.protocol=SSL` (repeatable).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
     properties: Vec<(String, String)>,
+    /// Schema registry URL: writer schemas are fetched by id (and cached).
+    /// Without it every value is decoded with the shipped v1 schema.
+    #[arg(long, env = "SOILSTREAM_REGISTRY_URL", value_name = "URL")]
+    registry: Option<String>,
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -88,7 +95,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("assigning the partitions of `{}`", args.topic))?;
     tracing::info!(topic = %args.topic, partitions, from_beginning = args.from_beginning, "consuming");
 
-    let codec = ReadingCodec::v1();
+    let decoder = match &args.registry {
+        Some(url) => {
+            let client = HttpRegistryClient::new(TcpConnector, url, HttpRegistryClientConfig::default())
+                .context("--registry")?;
+            ReadingDecoder::with_registry(Rc::new(client), ReadingCodec::v1())
+        }
+        None => ReadingDecoder::without_registry(),
+    };
     let mut summary = Summary::default();
     let mut stdout = std::io::stdout().lock();
     let mut last_record_at = Instant::now();
@@ -125,7 +139,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         for record in records {
             last_record_at = Instant::now();
-            let view = RecordView::new(&codec, &record);
+            let decoded = decoder
+                .decode(record.value.as_deref())
+                .await
+                .map_err(|e| e.to_string());
+            let view = RecordView {
+                record: &record,
+                decoded,
+            };
             summary.records += 1;
             if view.decoded.is_err() {
                 summary.undecodable += 1;
@@ -161,18 +182,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Decodes a record value into its schema id and reading. This is the one
-/// place that maps a schema id to a decoder: for now every id is decoded with
-/// the v1 schema; a registry lookup of the writer schema slots in here.
-fn decode_value(codec: &ReadingCodec, value: Option<&[u8]>) -> Result<(u32, Reading), String> {
-    let value = value.ok_or_else(|| "no value (tombstone)".to_string())?;
-    let (schema_id, body) = from_wire(value).map_err(|e| e.to_string())?;
-    let reading = codec
-        .decode_body(body)
-        .map_err(|e| format!("schema id {schema_id}: {e}"))?;
-    Ok((schema_id, reading))
-}
-
 /// A consumed record with its decoded reading, ready to print.
 struct RecordView<'a> {
     record: &'a ConsumedRecord,
@@ -200,13 +209,6 @@ fn timestamp_kind_name(kind: TimestampKind) -> &'static str {
 }
 
 impl<'a> RecordView<'a> {
-    fn new(codec: &ReadingCodec, record: &'a ConsumedRecord) -> Self {
-        Self {
-            record,
-            decoded: decode_value(codec, record.value.as_deref()),
-        }
-    }
-
     fn position(&self) -> String {
         format!(
             "{}/{}@{}",
@@ -422,6 +424,13 @@ mod tests {
         }
     }
 
+    fn view(record: &ConsumedRecord) -> RecordView<'_> {
+        let decoded =
+            futures::executor::block_on(ReadingDecoder::without_registry().decode(record.value.as_deref()))
+                .map_err(|e| e.to_string());
+        RecordView { record, decoded }
+    }
+
     fn wire(reading: &Reading) -> Vec<u8> {
         to_wire(3, &ReadingCodec::v1().encode_body(reading).unwrap())
     }
@@ -452,10 +461,9 @@ mod tests {
 
     #[test]
     fn a_consistent_record_prints_every_field_and_no_flag() {
-        let codec = ReadingCodec::v1();
         let r = record(wire(&reading()), 1_700_000_000_000);
-        let view = RecordView::new(&codec, &r);
-        let text = view.to_text();
+        let v = view(&r);
+        let text = v.to_text();
         for needle in [
             "soil-moisture-raw/2@17",
             "2023-11-14T22:13:20.000Z CreateTime",
@@ -472,7 +480,7 @@ mod tests {
             assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
         }
         assert!(!text.contains('!'), "{text}");
-        let json = view.to_json();
+        let json = v.to_json();
         assert_eq!(json["schema_id"], 3);
         assert_eq!(json["reading"]["seq"], 42);
         assert_eq!(json["reading"]["event_time"], "2023-11-14T22:13:20.000Z");
@@ -483,44 +491,38 @@ mod tests {
 
     #[test]
     fn inconsistencies_are_flagged() {
-        let codec = ReadingCodec::v1();
         let mut r = record(wire(&reading()), 1_700_000_001_500);
         r.headers[1].1 = b"41".to_vec();
         r.key = Some(b"other".to_vec());
-        let view = RecordView::new(&codec, &r);
-        let flags = view.flags();
+        let v = view(&r);
+        let flags = v.flags();
         assert_eq!(flags.len(), 3, "{flags:?}");
         assert!(flags[0].contains("+1500 ms"), "{flags:?}");
         assert!(
-            view.to_text()
+            v.to_text()
                 .contains("! kafka timestamp differs from event time by +1500 ms")
         );
-        assert_eq!(view.to_json()["timestamp_minus_event_time_ms"], 1_500);
+        assert_eq!(v.to_json()["timestamp_minus_event_time_ms"], 1_500);
         r.timestamp_kind = TimestampKind::NotAvailable;
-        assert!(RecordView::new(&codec, &r).flags()[0].contains("no timestamp"));
+        assert!(view(&r).flags()[0].contains("no timestamp"));
     }
 
     #[test]
     fn undecodable_records_are_reported_with_their_reason() {
-        let codec = ReadingCodec::v1();
         let bad_magic = record(vec![7, 0, 0, 0, 1, 1, 2, 3], 0);
-        let text = RecordView::new(&codec, &bad_magic).to_text();
+        let text = view(&bad_magic).to_text();
         assert!(text.starts_with("soil-moisture-raw/2@17"), "{text}");
         assert!(
             text.contains("UNDECODABLE") && text.contains("magic byte 7"),
             "{text}"
         );
         let bad_body = record(to_wire(1, &[0xff, 0xff, 0xff]), 0);
-        let json = RecordView::new(&codec, &bad_body).to_json();
+        let json = view(&bad_body).to_json();
         assert!(json["error"].as_str().unwrap().contains("schema id 1"), "{json}");
         assert_eq!(json["offset"], 17);
         let mut tombstone = record(vec![], 0);
         tombstone.value = None;
-        assert!(
-            RecordView::new(&codec, &tombstone)
-                .to_text()
-                .contains("tombstone")
-        );
+        assert!(view(&tombstone).to_text().contains("tombstone"));
         assert_eq!(header_text(&[0xff, 0x01]), "0xff01");
     }
 }

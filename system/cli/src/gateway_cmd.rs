@@ -7,10 +7,12 @@ use soilstream::gateway::config::{GatewayFileConfig, SourceConfig};
 use soilstream::gateway::observer::{GatewayObserver, JsonlLedger, NoObserver};
 use soilstream::gateway::{GatewayParts, GatewaySettings, ProducerFactory, Shutdown, run_gateway};
 use soilstream::metrics::{GatewayMetrics, serve_metrics};
-use soilstream::registry::{InProcessRegistry, SchemaRegistry};
+use soilstream::registry::{
+    HttpRegistryClient, HttpRegistryClientConfig, InProcessRegistry, SchemaRegistry, TcpConnector,
+};
 use soilstream::source::SensorSimulator;
-use soilstream::transport::{LogProducer, ProduceError};
 use soilstream::transport::kafka::KafkaProducer;
+use soilstream::transport::{LogProducer, ProduceError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -78,7 +80,10 @@ impl Args {
     fn effective_config(&self) -> anyhow::Result<GatewayFileConfig> {
         let (mut config, origin) = match &self.config {
             Some(path) => (GatewayFileConfig::load(path)?, path.display().to_string()),
-            None => (GatewayFileConfig::embedded_defaults(), "embedded defaults".to_owned()),
+            None => (
+                GatewayFileConfig::embedded_defaults(),
+                "embedded defaults".to_owned(),
+            ),
         };
         if let Some(id) = &self.gateway_id {
             // A derived probe prefix follows the new id.
@@ -126,7 +131,10 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.effective_config()?;
     if args.print_config {
-        print!("{}", toml::to_string_pretty(&config).context("rendering the configuration")?);
+        print!(
+            "{}",
+            toml::to_string_pretty(&config).context("rendering the configuration")?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let metrics = GatewayMetrics::new();
@@ -140,8 +148,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => Rc::new(NoObserver),
     };
     let registry: Rc<dyn SchemaRegistry> = match &config.registry.url {
-        Some(url) => anyhow::bail!(
-            "registry url {url} configured, but this build only has the in-process registry; remove `[registry] url`"
+        Some(url) => Rc::new(
+            HttpRegistryClient::new(TcpConnector, url, HttpRegistryClientConfig::default())
+                .context("invalid [registry] url")?,
         ),
         None => Rc::new(InProcessRegistry::new()),
     };

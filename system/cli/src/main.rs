@@ -6,12 +6,12 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-mod gateway_cmd;
-mod consume_cmd;
 mod backfill_cmd;
-mod spool_cmd;
+mod consume_cmd;
+mod gateway_cmd;
 mod registry_cmd;
 mod sim_cmd;
+mod spool_cmd;
 
 /// soilstream: fault-tolerant ingestion of field soil-sensor readings into Kafka.
 #[derive(Debug, Parser)]

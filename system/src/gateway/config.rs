@@ -262,13 +262,16 @@ impl GatewayFileConfig {
             battery_v: None,
         };
         if let Err(e) = probe.check_structure() {
-            return Err(invalid("gateway.id", &e.reason.to_string()));
+            return Err(invalid("gateway.id", e.reason));
         }
         if self.sampler.interval_ms == 0 {
             return Err(invalid("sampler.interval_ms", "must be at least 1"));
         }
         if let SyncPolicy::IntervalMs(0) = self.sampler.sync {
-            return Err(invalid("sampler.sync.interval_ms", "must be at least 1 (or use \"every_batch\")"));
+            return Err(invalid(
+                "sampler.sync.interval_ms",
+                "must be at least 1 (or use \"every_batch\")",
+            ));
         }
         let SourceConfig::Simulator(sim) = &self.source;
         if sim.sensors == 0 || sim.sensors > 10_000 {

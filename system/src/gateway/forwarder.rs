@@ -97,7 +97,10 @@ impl Backoff {
 
 impl Forwarder {
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
-        let mut backoff = Backoff::new(self.config.retry_backoff_initial_ms, self.config.retry_backoff_max_ms);
+        let mut backoff = Backoff::new(
+            self.config.retry_backoff_initial_ms,
+            self.config.retry_backoff_max_ms,
+        );
         // The schema id: readings keep spooling while the registry is away.
         let subject = value_subject(&self.config.topic);
         let schema_id = loop {
@@ -274,7 +277,11 @@ impl Forwarder {
                 if batch.is_empty() {
                     return;
                 }
-                tracing::debug!(records = batch.len(), first_index = batch[0].index, "read from the spool");
+                tracing::debug!(
+                    records = batch.len(),
+                    first_index = batch[0].index,
+                    "read from the spool"
+                );
                 unsent.extend(batch);
             }
             while let Some(record) = unsent.front() {
@@ -317,9 +324,11 @@ impl Forwarder {
             .map_or(0, |t| self.clock.now_ms().saturating_sub(t).max(0));
         self.metrics.oldest_undelivered_age_ms.set(age_ms);
         let counted = self.counted.get();
-        self.metrics
-            .spool_damaged_records
-            .inc_by(stats.damaged_records_total.saturating_sub(counted.damaged_records));
+        self.metrics.spool_damaged_records.inc_by(
+            stats
+                .damaged_records_total
+                .saturating_sub(counted.damaged_records),
+        );
         self.metrics
             .readings_dropped
             .inc_by(stats.dropped_full_total.saturating_sub(counted.dropped_records));
@@ -349,7 +358,10 @@ pub fn outbound_record(topic: &str, schema_id: u32, record: &SpooledRecord) -> O
         value: to_wire(schema_id, &record.body),
         timestamp_ms: reading.event_time_ms,
         headers: vec![
-            (HEADER_GATEWAY_ID.to_owned(), reading.gateway_id.as_bytes().to_vec()),
+            (
+                HEADER_GATEWAY_ID.to_owned(),
+                reading.gateway_id.as_bytes().to_vec(),
+            ),
             (HEADER_SEQ.to_owned(), reading.seq.to_string().into_bytes()),
         ],
     }

@@ -53,7 +53,10 @@ impl Sampler {
                     // The host was paused or starved: skip the missed rounds
                     // instead of sampling in a burst.
                     let missed = (now - next_round).as_millis() / interval.as_millis().max(1) + 1;
-                    tracing::warn!(missed_rounds = missed as u64, "sampler fell behind; skipping rounds");
+                    tracing::warn!(
+                        missed_rounds = missed as u64,
+                        "sampler fell behind; skipping rounds"
+                    );
                     next_round = now + interval;
                 }
                 match self.config.sync {
@@ -131,7 +134,11 @@ impl Sampler {
             Ok(committed) => {
                 if !committed.is_empty() {
                     let readings: Vec<Reading> = committed.records.into_iter().map(|r| r.reading).collect();
-                    tracing::debug!(readings = readings.len(), first_seq = readings[0].seq, "readings durable");
+                    tracing::debug!(
+                        readings = readings.len(),
+                        first_seq = readings[0].seq,
+                        "readings durable"
+                    );
                     self.metrics.readings_durable.inc_by(readings.len() as u64);
                     self.observer.on_durable(&readings);
                     self.durable.notify_one();
@@ -156,7 +163,9 @@ fn reject_reason(error: &SpoolError) -> RejectReason {
         RejectReason::SpoolFull
     } else if matches!(
         error,
-        SpoolError::InvalidReading { .. } | SpoolError::RecordTooLarge { .. } | SpoolError::SeqNotIncreasing { .. }
+        SpoolError::InvalidReading { .. }
+            | SpoolError::RecordTooLarge { .. }
+            | SpoolError::SeqNotIncreasing { .. }
     ) {
         RejectReason::Invalid
     } else {

@@ -180,40 +180,6 @@ pub fn partition_for_key(key: &[u8], partition_count: u32) -> i32 {
     (hash % partition_count) as i32
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Test vectors of the Java client's `Utils.murmur2`.
-    #[test]
-    fn murmur2_matches_the_java_client() {
-        let cases: [(&[u8], i32); 6] = [
-            (b"21", -973_932_308),
-            (b"foobar", -790_332_482),
-            (b"a-little-bit-long-string", -985_981_536),
-            (b"a-little-bit-longer-string", -1_486_304_829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
-            (b"abc", 479_470_107),
-        ];
-        for (key, expected) in cases {
-            assert_eq!(
-                murmur2::murmur2(key, KAFKA_MURMUR2_SEED) as i32,
-                expected,
-                "{key:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn partition_is_positive_modulo() {
-        for n in 1..16 {
-            let p = partition_for_key(b"foobar", n);
-            assert!((0..n as i32).contains(&p));
-        }
-        assert_eq!(partition_for_key(b"foobar", 1), 0);
-    }
-}
-
 /// Most records [`read_topic_to_end`] returns, to bound memory.
 pub const READ_TO_END_MAX_RECORDS: usize = 10_000_000;
 
@@ -280,4 +246,38 @@ pub async fn read_topic_to_end(
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test vectors of the Java client's `Utils.murmur2`.
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                murmur2::murmur2(key, KAFKA_MURMUR2_SEED) as i32,
+                expected,
+                "{key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn partition_is_positive_modulo() {
+        for n in 1..16 {
+            let p = partition_for_key(b"foobar", n);
+            assert!((0..n as i32).contains(&p));
+        }
+        assert_eq!(partition_for_key(b"foobar", 1), 0);
+    }
 }

@@ -1,0 +1,184 @@
+//! Decoding reading values read from a topic: Confluent wire format, writer
+//! schema fetched from the registry by id (and cached), resolved to the
+//! reader's schema with Avro's rules.
+//!
+//! A consumer meets values it cannot decode (unknown magic byte, unknown
+//! schema id, a body that does not match its schema); each is a
+//! [`DecodeError`] naming the reason, for the caller to report with the
+//! record's partition and offset and carry on. Nothing here panics on input.
+
+use crate::codec::{CodecError, ReadingCodec, from_wire};
+use crate::model::Reading;
+use crate::registry::{RegistryError, SchemaRegistry};
+use apache_avro::Schema;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// Most writer schemas cached.
+pub const WRITER_SCHEMAS_CACHED_MAX: usize = 1_024;
+
+/// Why a value could not be decoded into a reading.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not the Confluent wire format (no value, short, unknown magic byte).
+    #[error("{0}")]
+    Wire(String),
+    /// The registry has no schema with this id.
+    #[error("unknown schema id {0}")]
+    UnknownSchemaId(u32),
+    /// The registry could not be asked; the value may decode later.
+    #[error("schema id {id}: registry unavailable: {reason}")]
+    RegistryUnavailable {
+        /// The schema id.
+        id: u32,
+        /// What the registry client said.
+        reason: String,
+    },
+    /// The writer schema is not a usable reading schema.
+    #[error("schema id {id}: {reason}")]
+    BadWriterSchema {
+        /// The schema id.
+        id: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The body does not decode with its writer schema.
+    #[error("schema id {id}: {reason}")]
+    Undecodable {
+        /// The schema id.
+        id: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Decodes reading values, with or without a registry.
+pub struct ReadingDecoder {
+    reader: ReadingCodec,
+    registry: Option<Rc<dyn SchemaRegistry>>,
+    writers: RefCell<BTreeMap<u32, Result<Schema, DecodeError>>>,
+}
+
+impl ReadingDecoder {
+    /// Decodes every value as written with the shipped v1 schema, whatever
+    /// its schema id (for topics whose producers used the in-process registry).
+    pub fn without_registry() -> Self {
+        Self {
+            reader: ReadingCodec::v1(),
+            registry: None,
+            writers: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Fetches writer schemas by id from `registry`; decodes into `reader`.
+    pub fn with_registry(registry: Rc<dyn SchemaRegistry>, reader: ReadingCodec) -> Self {
+        Self {
+            reader,
+            registry: Some(registry),
+            writers: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Decodes one record value into its schema id and reading.
+    pub async fn decode(&self, value: Option<&[u8]>) -> Result<(u32, Reading), DecodeError> {
+        let value = value.ok_or_else(|| DecodeError::Wire("no value (tombstone)".into()))?;
+        let (id, body) = from_wire(value).map_err(|e| DecodeError::Wire(e.to_string()))?;
+        let Some(registry) = &self.registry else {
+            let reading = self.reader.decode_body(body).map_err(|e| undecodable(id, e))?;
+            return Ok((id, reading));
+        };
+        let cached = self.writers.borrow().get(&id).cloned();
+        let writer = match cached {
+            Some(writer) => writer?,
+            None => {
+                let fetched = match registry.schema_by_id(id).await {
+                    Ok(text) => Schema::parse_str(&text).map_err(|e| DecodeError::BadWriterSchema {
+                        id,
+                        reason: e.to_string(),
+                    }),
+                    Err(RegistryError::SchemaNotFound(_)) => Err(DecodeError::UnknownSchemaId(id)),
+                    Err(e) => {
+                        // Not cached: the registry may answer next time.
+                        return Err(DecodeError::RegistryUnavailable {
+                            id,
+                            reason: e.to_string(),
+                        });
+                    }
+                };
+                let mut writers = self.writers.borrow_mut();
+                if writers.len() >= WRITER_SCHEMAS_CACHED_MAX {
+                    writers.pop_first();
+                }
+                writers.insert(id, fetched.clone());
+                fetched?
+            }
+        };
+        let reading = self
+            .reader
+            .decode_body_written_with(&writer, body)
+            .map_err(|e| undecodable(id, e))?;
+        Ok((id, reading))
+    }
+}
+
+fn undecodable(id: u32, error: CodecError) -> DecodeError {
+    DecodeError::Undecodable {
+        id,
+        reason: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{SOIL_READING_SCHEMA_V2, to_wire};
+    use crate::registry::InProcessRegistry;
+
+    fn reading() -> Reading {
+        Reading {
+            gateway_id: "g".into(),
+            sensor_id: "s".into(),
+            seq: 3,
+            event_time_ms: 1_000,
+            moisture_vwc: 0.2,
+            soil_temp_c: 9.5,
+            bulk_ec_ds_m: None,
+            depth_cm: 10,
+            battery_v: Some(3.5),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn decodes_v2_data_with_a_v1_reader_via_the_registry() {
+        let registry = Rc::new(InProcessRegistry::new());
+        let v2_id = registry
+            .register("t-value", SOIL_READING_SCHEMA_V2)
+            .await
+            .unwrap();
+        let v2 = ReadingCodec::from_schema_text(SOIL_READING_SCHEMA_V2).unwrap();
+        let value = to_wire(v2_id, &v2.encode_body(&reading()).unwrap());
+        let decoder = ReadingDecoder::with_registry(registry, ReadingCodec::v1());
+        assert_eq!(decoder.decode(Some(&value)).await.unwrap(), (v2_id, reading()));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bad_values_are_errors_with_reasons() {
+        let registry = Rc::new(InProcessRegistry::new());
+        let decoder = ReadingDecoder::with_registry(registry, ReadingCodec::v1());
+        assert!(matches!(decoder.decode(None).await, Err(DecodeError::Wire(_))));
+        assert!(matches!(
+            decoder.decode(Some(&[7, 0, 0, 0, 1, 2])).await,
+            Err(DecodeError::Wire(_))
+        ));
+        assert_eq!(
+            decoder.decode(Some(&to_wire(42, b"xx"))).await,
+            Err(DecodeError::UnknownSchemaId(42))
+        );
+        let plain = ReadingDecoder::without_registry();
+        assert!(matches!(
+            plain.decode(Some(&to_wire(1, &[0xff; 3]))).await,
+            Err(DecodeError::Undecodable { id: 1, .. })
+        ));
+    }
+}
