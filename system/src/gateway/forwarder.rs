@@ -137,7 +137,6 @@ impl Forwarder {
         let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
         let mut unsent: VecDeque<SpooledRecord> = VecDeque::new();
         let mut failed: Option<ProduceError> = None;
-        let mut cursor_dirty = false;
 
         // After shutdown: keep draining (no new samples arrive) until the
         // spool is empty or the grace period ends.
@@ -169,10 +168,7 @@ impl Forwarder {
                 let error = failed.take().expect("checked above");
                 self.metrics.forwarder_retries.inc();
                 unsent.clear();
-                if cursor_dirty {
-                    self.persist_cursor();
-                    cursor_dirty = false;
-                }
+                self.persist_cursor_if_moved();
                 self.spool.borrow_mut().rewind_to_cursor();
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; resending from the cursor");
@@ -215,7 +211,6 @@ impl Forwarder {
                             if !self.config.planted_advance_cursor_before_delivery {
                                 self.spool.borrow_mut().mark_delivered(index);
                             }
-                            cursor_dirty = true;
                             self.metrics.readings_delivered.inc();
                             self.observer.on_delivered(&reading, position);
                             backoff.reset();
@@ -231,10 +226,7 @@ impl Forwarder {
                 _ = sleep(Duration::from_millis(50)), if queue_blocked => {}
                 _ = sleep_until(wake_at) => {
                     if Instant::now() >= next_cursor_persist {
-                        if cursor_dirty {
-                            self.persist_cursor();
-                            cursor_dirty = false;
-                        }
+                        self.persist_cursor_if_moved();
                         next_cursor_persist = Instant::now() + cursor_interval;
                     }
                 }
@@ -306,6 +298,17 @@ impl Forwarder {
                     }
                 }
             }
+        }
+    }
+
+    /// Persists the cursor when it moved since it was last persisted.
+    fn persist_cursor_if_moved(&self) {
+        let moved = {
+            let spool = self.spool.borrow();
+            spool.cursor() != spool.persisted_cursor()
+        };
+        if moved {
+            self.persist_cursor();
         }
     }
 

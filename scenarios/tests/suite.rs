@@ -1,0 +1,193 @@
+//! The scenario suites `cargo test` runs: every scenario file over the CI
+//! seeds, determinism, and the planted bugs the checker must catch.
+//!
+//! CI seeds: `SOILSTREAM_SIM_SEEDS` (`A..B`, inclusive), default `1..3`. The
+//! long sweep is a separate command (README, "Seed sweeps").
+
+use soilstream_scenarios::checker::AnomalyKind;
+use soilstream_scenarios::runner::{RunOptions, RunResult, run_scenario};
+use soilstream_scenarios::scenario::Scenario;
+use soilstream_scenarios::world::PlantedBug;
+use std::path::{Path, PathBuf};
+
+fn suite_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("suite")
+}
+
+fn load(name: &str) -> Scenario {
+    let path = suite_dir().join(format!("{name}.toml"));
+    Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn ci_seeds() -> std::ops::RangeInclusive<u64> {
+    let text = std::env::var("SOILSTREAM_SIM_SEEDS").unwrap_or_else(|_| "1..3".into());
+    let (a, b) = text
+        .split_once("..")
+        .unwrap_or_else(|| panic!("SOILSTREAM_SIM_SEEDS={text} is not A..B"));
+    let a: u64 = a.parse().expect("seed");
+    let b: u64 = b.trim_start_matches('=').parse().expect("seed");
+    a..=b
+}
+
+fn run(scenario: &Scenario, seed: u64, planted: PlantedBug) -> RunResult {
+    run_scenario(scenario, RunOptions { seed, planted })
+}
+
+/// Runs `name` over the CI seeds; fails with every failing summary and the
+/// command that reproduces it.
+fn passes_ci_seeds(name: &str) {
+    let scenario = load(name);
+    let mut failures = Vec::new();
+    for seed in ci_seeds() {
+        let result = run(&scenario, seed, PlantedBug::None);
+        eprintln!(
+            "{name} seed {seed}: {} in {} ms wall",
+            if result.passed() { "PASS" } else { "FAIL" },
+            result.wall_ms
+        );
+        if !result.passed() {
+            failures.push(format!(
+                "{}\nreproduce: soilstream sim run scenarios/suite/{name}.toml --seed {seed}\n",
+                result.summary()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every file in `scenarios/suite/`, each with its own test below.
+const SCENARIOS: [&str; 9] = [
+    "broker-crash",
+    "disk-damage",
+    "disk-full-long-outage",
+    "flapping-link",
+    "network-outage-2h",
+    "power-outage-24h",
+    "reboot-loop-during-drain",
+    "steady-state",
+    "storm-mix",
+];
+
+#[test]
+fn every_scenario_file_has_a_test() {
+    let mut names: Vec<String> = std::fs::read_dir(suite_dir())
+        .expect("suite dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.file_stem().expect("stem").to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, SCENARIOS, "add a test for every scenario file");
+    for name in SCENARIOS {
+        load(name); // parses and validates
+    }
+}
+
+#[test]
+fn broker_crash() {
+    passes_ci_seeds("broker-crash");
+}
+
+#[test]
+fn disk_damage() {
+    passes_ci_seeds("disk-damage");
+}
+
+#[test]
+fn disk_full_long_outage() {
+    passes_ci_seeds("disk-full-long-outage");
+}
+
+#[test]
+fn flapping_link() {
+    passes_ci_seeds("flapping-link");
+}
+
+#[test]
+fn network_outage_2h() {
+    passes_ci_seeds("network-outage-2h");
+}
+
+#[test]
+fn power_outage_24h() {
+    passes_ci_seeds("power-outage-24h");
+}
+
+#[test]
+fn reboot_loop_during_drain() {
+    passes_ci_seeds("reboot-loop-during-drain");
+}
+
+#[test]
+fn steady_state() {
+    passes_ci_seeds("steady-state");
+}
+
+#[test]
+fn storm_mix() {
+    passes_ci_seeds("storm-mix");
+}
+
+#[test]
+fn same_seed_same_trace_different_seed_different_trace() {
+    let scenario = load("network-outage-2h");
+    let a = run(&scenario, 11, PlantedBug::None);
+    let b = run(&scenario, 11, PlantedBug::None);
+    let c = run(&scenario, 12, PlantedBug::None);
+    assert_eq!(a.summary(), b.summary(), "same seed, same summary byte for byte");
+    assert_eq!(a.digest, b.digest);
+    assert_eq!(a.events, b.events);
+    assert_ne!(a.digest, c.digest, "a different seed must give a different trace");
+}
+
+/// A planted bug must make every CI run of the scenario fail because
+/// acknowledged readings went missing: as `kind`, or as more loss to
+/// reported spool damage than the scenario allows (a spool that acked
+/// unsynced data finds it torn after the power cut and reports it).
+fn caught(name: &str, bug: PlantedBug, kind: AnomalyKind) {
+    let scenario = load(name);
+    for seed in ci_seeds() {
+        let result = run(&scenario, seed, bug);
+        let excess_damage =
+            result.check.tally.lost_to_reported_damage_or_drop > scenario.expect.max_lost_to_reported_damage;
+        assert!(
+            !result.passed() && (result.check.count(kind) > 0 || excess_damage),
+            "planted bug {} not caught by {name} seed {seed} as {}:\n{}",
+            bug.name(),
+            kind.name(),
+            result.summary()
+        );
+    }
+}
+
+#[test]
+fn planted_ack_before_sync_is_caught() {
+    caught("power-outage-24h", PlantedBug::AckBeforeSync, AnomalyKind::Lost);
+}
+
+#[test]
+fn planted_cursor_before_delivery_is_caught() {
+    caught(
+        "power-outage-24h",
+        PlantedBug::CursorBeforeDelivery,
+        AnomalyKind::Lost,
+    );
+}
+
+#[test]
+fn planted_truncate_at_first_bad_crc_is_caught() {
+    caught(
+        "disk-damage",
+        PlantedBug::TruncateAtFirstBadCrc,
+        AnomalyKind::Lost,
+    );
+}
+
+#[test]
+fn planted_skip_segment_sync_dir_is_caught() {
+    caught(
+        "power-outage-24h",
+        PlantedBug::SkipSegmentSyncDir,
+        AnomalyKind::Lost,
+    );
+}
