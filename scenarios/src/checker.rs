@@ -254,7 +254,7 @@ pub fn check_topic(
             });
         }
         match ledger.entries().get(&reading.id()) {
-            Some(entry) if entry.reading != reading => {
+            Some(entry) if !entry.reading.same_values(&reading) => {
                 report.add(AnomalyKind::Corrupt, || {
                     format!(
                         "{place}: {:?} differs from what was sampled: {:?}",
@@ -335,7 +335,7 @@ pub fn check_topic(
         }
         for position in &entry.delivered_at {
             match at_offset.get(&(position.partition, position.offset)) {
-                Some(found) if found == &entry.reading => {}
+                Some(found) if found.same_values(&entry.reading) => {}
                 found => report.add(AnomalyKind::InconsistentOffset, || {
                     format!(
                         "{id:?} was acknowledged at partition {} offset {}, which holds {:?}",

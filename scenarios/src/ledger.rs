@@ -97,7 +97,7 @@ impl Ledger {
     pub fn sampled(&mut self, reading: &Reading) {
         let id = reading.id();
         if let Some(existing) = self.entries.get(&id) {
-            if existing.reading != *reading {
+            if !existing.reading.same_values(reading) {
                 self.reused.push((existing.reading.clone(), reading.clone()));
             }
             return;
@@ -120,7 +120,7 @@ impl Ledger {
                 self.sampled(reading);
             }
             let entry = self.entries.get_mut(&reading.id()).expect("inserted above");
-            if entry.reading != *reading {
+            if !entry.reading.same_values(reading) {
                 self.reused.push((entry.reading.clone(), reading.clone()));
                 continue;
             }

@@ -102,6 +102,10 @@ pub struct Topology {
     /// Gateway clock drift, ppm (each gateway gets a seeded value in ±this).
     #[serde(default)]
     pub clock_drift_ppm_max: f64,
+    /// Probability per sample that a probe returns garbage (NaN moisture):
+    /// such readings are rejected by validation and counted.
+    #[serde(default)]
+    pub garbage_reading_probability: f64,
 }
 
 fn default_sample_interval_ms() -> u64 {
@@ -486,6 +490,9 @@ impl Scenario {
         }
         if t.latency_ms > self.tick_ms {
             return Err("topology.latency_ms must not exceed tick_ms".into());
+        }
+        if !(0.0..=1.0).contains(&t.garbage_reading_probability) {
+            return Err("topology.garbage_reading_probability must be within 0..=1".into());
         }
         if !matches!(t.when_full.as_str(), "reject_new" | "drop_oldest") {
             return Err("topology.when_full must be \"reject_new\" or \"drop_oldest\"".into());

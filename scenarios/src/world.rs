@@ -206,6 +206,8 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
                 } else {
                     SyncPolicy::IntervalMs(t.sync_interval_ms)
                 },
+                reject_log: "/rejects.jsonl".into(),
+                ..SamplerConfig::default()
             },
             spool: spool_config(scenario, planted),
             forwarder: ForwarderConfig {
@@ -223,6 +225,7 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
             seed: label("source"),
             sensors: t.sensors_per_gateway,
             sensor_prefix: format!("{name}-probe"),
+            garbage_probability: t.garbage_reading_probability,
             ..SimulatorConfig::default()
         };
         let producer_config = producer_config(scenario.tick_ms);

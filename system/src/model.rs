@@ -54,6 +54,23 @@ impl Reading {
         }
     }
 
+    /// Whether `other` carries exactly the same identity and values, floats
+    /// compared bit for bit (so a NaN equals the same NaN, unlike `==`).
+    pub fn same_values(&self, other: &Reading) -> bool {
+        fn bits(v: Option<f64>) -> Option<u64> {
+            v.map(f64::to_bits)
+        }
+        self.gateway_id == other.gateway_id
+            && self.sensor_id == other.sensor_id
+            && self.seq == other.seq
+            && self.event_time_ms == other.event_time_ms
+            && self.moisture_vwc.to_bits() == other.moisture_vwc.to_bits()
+            && self.soil_temp_c.to_bits() == other.soil_temp_c.to_bits()
+            && bits(self.bulk_ec_ds_m) == bits(other.bulk_ec_ds_m)
+            && self.depth_cm == other.depth_cm
+            && bits(self.battery_v) == bits(other.battery_v)
+    }
+
     /// Checks the structural rules every reading must satisfy before it may
     /// enter a spool or a topic. Physical plausibility (moisture range, stuck
     /// values, spikes) is the QA/QC stage's business, not this one: an
@@ -130,6 +147,17 @@ pub(crate) mod tests {
             depth_cm: 30,
             battery_v: None,
         }
+    }
+
+    #[test]
+    fn same_values_compares_floats_bitwise() {
+        let mut a = sample("s", 1);
+        a.moisture_vwc = f64::NAN;
+        assert!(a.same_values(&a.clone()));
+        assert_ne!(a, a.clone());
+        let mut b = a.clone();
+        b.soil_temp_c += 0.01;
+        assert!(!a.same_values(&b));
     }
 
     #[test]

@@ -63,9 +63,11 @@ fn init_tracing(default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Simulation runs log thousands of simulated events: quiet by default.
+    // In a simulation run the components' logs are events of the simulated
+    // world (thousands of them): the summary says what matters, so they are
+    // off unless SOILSTREAM_LOG asks for them.
     init_tracing(match cli.command {
-        Command::Sim(_) => "warn",
+        Command::Sim(_) => "warn,soilstream=off,soilstream_sim=off",
         _ => "info",
     });
     let result: anyhow::Result<ExitCode> = match cli.command {

@@ -5,7 +5,7 @@ use crate::source::SimulatorConfig;
 use crate::spool::SpoolConfig;
 use crate::transport::kafka::KafkaClientConfig;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The default configuration file, embedded in the binary.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../examples/gateway.toml");
@@ -82,6 +82,11 @@ pub struct SamplerConfig {
     pub interval_ms: u64,
     /// When appended readings are fsynced and acknowledged.
     pub sync: SyncPolicy,
+    /// Where readings that fail validation against the schema are logged
+    /// (JSON lines, with the reason).
+    pub reject_log: PathBuf,
+    /// The reject log is rotated once (to `.1`) past this size, bytes.
+    pub reject_log_max_bytes: u64,
 }
 
 impl Default for SamplerConfig {
@@ -89,6 +94,8 @@ impl Default for SamplerConfig {
         Self {
             interval_ms: 60_000,
             sync: SyncPolicy::EveryBatch,
+            reject_log: PathBuf::from("soilstream-rejects.jsonl"),
+            reject_log_max_bytes: super::reject_log::REJECT_LOG_MAX_BYTES_DEFAULT,
         }
     }
 }
@@ -266,6 +273,12 @@ impl GatewayFileConfig {
         }
         if self.sampler.interval_ms == 0 {
             return Err(invalid("sampler.interval_ms", "must be at least 1"));
+        }
+        if self.sampler.reject_log.as_os_str().is_empty() || self.sampler.reject_log_max_bytes < 4096 {
+            return Err(invalid(
+                "sampler.reject_log",
+                "must name a file, and reject_log_max_bytes must be at least 4096",
+            ));
         }
         if let SyncPolicy::IntervalMs(0) = self.sampler.sync {
             return Err(invalid(

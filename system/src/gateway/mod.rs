@@ -9,6 +9,7 @@
 pub mod config;
 mod forwarder;
 pub mod observer;
+pub mod reject_log;
 mod sampler;
 
 pub use forwarder::{HEADER_GATEWAY_ID, HEADER_SEQ, ProducerFactory, outbound_record};
@@ -133,6 +134,11 @@ pub async fn run_gateway(
         observer: parts.observer.clone(),
         durable: durable.clone(),
         stopped: sampler_stopped.clone(),
+        reject_log: reject_log::RejectLog::new(
+            parts.disk.clone(),
+            settings.sampler.reject_log.clone(),
+            settings.sampler.reject_log_max_bytes,
+        ),
     };
     let forwarder = forwarder::Forwarder {
         config: settings.forwarder.clone(),

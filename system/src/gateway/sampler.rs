@@ -5,6 +5,7 @@
 use super::Shutdown;
 use super::config::{SamplerConfig, SyncPolicy};
 use super::observer::GatewayObserver;
+use super::reject_log::RejectLog;
 use crate::clock::Clock;
 use crate::metrics::{GatewayMetrics, RejectReason};
 use crate::model::Reading;
@@ -28,6 +29,8 @@ pub(crate) struct Sampler {
     pub durable: Rc<Notify>,
     /// Set once the sampler has stopped and made its last readings durable.
     pub stopped: Rc<std::cell::Cell<bool>>,
+    /// Where invalid readings go.
+    pub reject_log: RejectLog,
 }
 
 impl Sampler {
@@ -121,6 +124,18 @@ impl Sampler {
                 );
                 self.metrics.count_rejected(reason);
                 self.observer.on_rejected(&reading, reason);
+                if reason == RejectReason::Invalid
+                    && let Err(log_error) = self.reject_log.append(&reading, &e.to_string(), event_time_ms)
+                {
+                    tracing::error!(
+                        path = %self.reject_log.path().display(),
+                        error = %log_error,
+                        sensor = %reading.sensor_id,
+                        seq = reading.seq,
+                        reason = %e,
+                        "cannot write the reject log; the rejected reading is only in this log line"
+                    );
+                }
             }
         }
     }

@@ -41,6 +41,9 @@ pub struct SimulatorConfig {
     pub stuck_probability: f64,
     /// Probability per sample of a one-sample spike.
     pub spike_probability: f64,
+    /// Probability per sample that the probe returns garbage (a NaN
+    /// moisture): such readings fail validation and go to the reject log.
+    pub garbage_probability: f64,
 }
 
 impl Default for SimulatorConfig {
@@ -53,6 +56,7 @@ impl Default for SimulatorConfig {
             out_of_range_probability: 0.002,
             stuck_probability: 0.001,
             spike_probability: 0.002,
+            garbage_probability: 0.0,
         }
     }
 }
@@ -154,7 +158,9 @@ impl ProbeState {
         } else if self.rng.random_bool(config.stuck_probability) {
             self.stuck_samples_left = self.rng.random_range(5..60);
         }
-        if self.rng.random_bool(config.out_of_range_probability) {
+        if config.garbage_probability > 0.0 && self.rng.random_bool(config.garbage_probability) {
+            m.moisture_vwc = f64::NAN;
+        } else if self.rng.random_bool(config.out_of_range_probability) {
             m.moisture_vwc = if self.rng.random_bool(0.5) { -0.12 } else { 1.37 };
         } else if self.rng.random_bool(config.spike_probability) {
             m.moisture_vwc = round_to(m.moisture_vwc + self.rng.random_range(0.2..0.4), 4);
