@@ -10,60 +10,14 @@
 mod common;
 
 use common::RegistryProcess;
+use common::python::{python, require_confluent_kafka, schemas_dir, tests_dir};
 use serde_json::{Value, json};
 use soilstream::codec::{ReadingCodec, SOIL_READING_SCHEMA_V1, SOIL_READING_SCHEMA_V2, from_wire, to_wire};
 use soilstream::model::Reading;
 use soilstream::registry::{SchemaRegistry, value_subject};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TOPIC: &str = "soil-moisture-raw";
-
-fn python() -> String {
-    std::env::var("SOILSTREAM_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-fn tests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
-}
-
-fn schemas_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
-}
-
-/// Fails with an install hint unless the interpreter has confluent-kafka
-/// with its Avro and Schema Registry extras.
-fn require_confluent_kafka(python: &str) {
-    let probe = Command::new(python)
-        .args([
-            "-c",
-            "import confluent_kafka, fastavro; \
-             from confluent_kafka.schema_registry.avro import AvroSerializer; \
-             print(confluent_kafka.version()[0])",
-        ])
-        .output();
-    let requirements = tests_dir().join("python/requirements.txt");
-    match probe {
-        Ok(output) if output.status.success() => {
-            eprintln!(
-                "using {python} with confluent-kafka {}",
-                String::from_utf8_lossy(&output.stdout).trim()
-            );
-        }
-        Ok(output) => panic!(
-            "`{python}` lacks confluent-kafka with its avro and schemaregistry extras:\n{}\n\
-             Install them with `{python} -m pip install -r {}`, or point SOILSTREAM_PYTHON at an \
-             interpreter that has them.",
-            String::from_utf8_lossy(&output.stderr).trim(),
-            requirements.display()
-        ),
-        Err(error) => panic!(
-            "cannot run `{python}` ({error}). Install Python 3 and `python3 -m pip install -r {}`, \
-             or set SOILSTREAM_PYTHON to an interpreter that has confluent-kafka.",
-            requirements.display()
-        ),
-    }
-}
 
 fn reading() -> Reading {
     Reading {

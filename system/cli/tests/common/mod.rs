@@ -1,6 +1,14 @@
-//! Running `soilstream registry serve` as a real process in tests.
+//! Helpers shared by the CLI's integration suites: the registry service as a
+//! process (here), the gateway as a process ([`gateway`]), the real broker and
+//! the checker over its raw topic ([`broker`]), Confluent's Python client
+//! ([`python`]) and log tails printed when a test fails ([`logs`]).
 
 #![allow(dead_code)] // each test binary uses a different part
+
+pub mod broker;
+pub mod gateway;
+pub mod logs;
+pub mod python;
 
 use soilstream::registry::{HttpRegistryClient, HttpRegistryClientConfig, TcpConnector};
 use std::io::{BufRead, BufReader, Read};
