@@ -30,7 +30,7 @@ use soilstream::registry::{
     HttpRegistryClient, HttpRegistryClientConfig, InProcessRegistry, SchemaRegistry, TcpConnector,
 };
 use soilstream::transport::LogProducer;
-use soilstream::transport::kafka::{KafkaClientConfig, KafkaProducer};
+use soilstream::transport::kafka::{KafkaClientConfig, KafkaProducer, topic_retention_ms};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,7 +84,8 @@ pub struct Args {
     /// Depth in cm for rows without a depth_cm value.
     #[arg(long, value_name = "CM")]
     depth_cm: Option<i32>,
-    /// The topic's retention.ms: warn about rows older than that.
+    /// The topic's retention.ms: warn about rows older than that [default:
+    /// asked from the broker (DescribeConfigs), if it reports one].
     #[arg(long, value_name = "MS")]
     retention_ms: Option<i64>,
     /// Warn about event times more than this far ahead of the clock.
@@ -142,7 +143,26 @@ fn make_producer(brokers: &str, properties: &[(String, String)]) -> anyhow::Resu
 
 /// Runs the command.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let options = args.options();
+    let mut options = args.options();
+    if options.retention_ms.is_none() {
+        // Ask the broker; a broker that reports no retention (Tansu) leaves
+        // the check off unless --retention-ms is given.
+        let config = KafkaClientConfig {
+            bootstrap_servers: args.brokers.clone(),
+            properties: args.properties.iter().cloned().collect(),
+        };
+        match topic_retention_ms(&config, &args.topic).await {
+            Ok(Some(ms)) => {
+                tracing::info!(retention_ms = ms, topic = %args.topic, "topic retention from the broker");
+                options.retention_ms = Some(ms);
+            }
+            Ok(None) => tracing::info!(
+                topic = %args.topic,
+                "the broker reports no retention.ms for the topic; pass --retention-ms to warn about rows older than it"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot read the topic's retention.ms; pass --retention-ms"),
+        }
+    }
     options.validate()?;
     let producer = make_producer(&args.brokers, &args.properties)
         .with_context(|| format!("creating the Kafka producer for {}", args.brokers))?;

@@ -61,7 +61,7 @@ use super::{
 };
 use futures::future::{FutureExt, LocalBoxFuture};
 use futures::stream::StreamExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -849,6 +849,43 @@ impl LogConsumer for KafkaConsumer {
 /// Replication factor requested for new topics: -1 asks for the broker's
 /// default (`default.replication.factor`).
 const BROKER_DEFAULT_REPLICATION: i32 = -1;
+
+/// The `retention.ms` of `topic`, as the broker reports it (DescribeConfigs);
+/// `None` when the broker reports no value (Tansu 0.6.0 reports none).
+pub async fn topic_retention_ms(
+    config: &KafkaClientConfig,
+    topic: &str,
+) -> Result<Option<i64>, KafkaSetupError> {
+    validate_topic_name(topic)?;
+    let client_config = config.client_config(&[], &["bootstrap.servers", "metadata.broker.list"])?;
+    let admin: AdminClient<LoggingContext> = client_config
+        .create_with_context(LoggingContext)
+        .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+    let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await
+        .map_err(|e| KafkaSetupError::Admin(e.to_string()))?;
+    let Some(result) = results.into_iter().next() else {
+        return Ok(None);
+    };
+    let resource = result.map_err(|code| KafkaSetupError::Topic {
+        topic: topic.to_string(),
+        reason: code.to_string(),
+    })?;
+    let Some(value) = resource.get("retention.ms").and_then(|e| e.value.clone()) else {
+        return Ok(None);
+    };
+    value
+        .trim()
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| KafkaSetupError::Topic {
+            topic: topic.to_string(),
+            reason: format!("retention.ms is not a number: {value:?}"),
+        })
+}
 
 /// Creates the topics that do not exist yet, with `partitions` each, and
 /// checks that the ones that exist have that many partitions (Kafka brokers
