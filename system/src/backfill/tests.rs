@@ -9,6 +9,7 @@ use super::files::REJECTS_HEADER;
 use super::*;
 use crate::clock::FixedClock;
 use crate::codec::{ReadingCodec, from_wire};
+use crate::disk::StdDisk;
 use crate::registry::{InProcessRegistry, SchemaRegistry};
 use crate::transport::{
     DeliveryFuture, LogProducer, OutboundRecord, ProduceError, ProducerStats, RecordPosition,
@@ -179,6 +180,7 @@ fn options_in(dir: &Path, csv: &Path) -> BackfillOptions {
 async fn run(options: &BackfillOptions, producer: &TestProducer) -> Result<BackfillSummary, BackfillError> {
     run_backfill(
         options.clone(),
+        Rc::new(StdDisk),
         producer,
         &InProcessRegistry::new(),
         &FixedClock(NOW_MS),
@@ -763,6 +765,7 @@ async fn registry_outages_are_retried() {
     let producer = TestProducer::acking();
     let summary = run_backfill(
         options.clone(),
+        Rc::new(StdDisk),
         &producer,
         &registry,
         &FixedClock(NOW_MS),
@@ -784,9 +787,16 @@ async fn registry_outages_are_retried() {
     };
     let mut restart = options;
     restart.restart = true;
-    let error = run_backfill(restart, &producer, &down, &FixedClock(NOW_MS), &NoProgress)
-        .await
-        .unwrap_err();
+    let error = run_backfill(
+        restart,
+        Rc::new(StdDisk),
+        &producer,
+        &down,
+        &FixedClock(NOW_MS),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(error, BackfillError::Registry(RegistryError::Unavailable(_))),
         "{error}"
