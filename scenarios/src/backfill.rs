@@ -363,3 +363,161 @@ pub fn judge(
     }
     (reports, failures)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use soilstream::transport::{RecordPosition, TimestampKind};
+
+    fn reading(gateway: &str, seq: u64, event_time_ms: i64) -> Reading {
+        Reading {
+            gateway_id: gateway.into(),
+            sensor_id: "gw-1-probe-000".into(),
+            seq,
+            event_time_ms,
+            moisture_vwc: 0.2,
+            soil_temp_c: 12.0,
+            bulk_ec_ds_m: None,
+            depth_cm: 10,
+            battery_v: None,
+        }
+    }
+
+    fn record(offset: i64) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: RAW_TOPIC.into(),
+            partition: 0,
+            offset,
+            key: None,
+            value: None,
+            timestamp_ms: 0,
+            timestamp_kind: TimestampKind::CreateTime,
+            headers: Vec::new(),
+        }
+    }
+
+    fn summary(rows_rejected: u64) -> BackfillSummary {
+        BackfillSummary {
+            file: "/sdcard/gw-1-sd.csv".into(),
+            topic: RAW_TOPIC.into(),
+            gateway_id: "gw-1-sd".into(),
+            completed: true,
+            rows_read: 3,
+            rows_produced: 3 - rows_rejected,
+            rows_skipped_done: 0,
+            rows_rejected,
+            delivery_retries: 0,
+            resumed_after_line: 0,
+            acked_through_line: 4,
+            event_time_min_ms: None,
+            event_time_max_ms: None,
+            event_time_min: None,
+            event_time_max: None,
+            warnings: Default::default(),
+            rejects_path: None,
+            checkpoint_path: "/sdcard/gw-1-sd.csv.checkpoint".into(),
+            elapsed_ms: 0,
+        }
+    }
+
+    fn scenario(expect: &str) -> Scenario {
+        Scenario::parse(
+            &format!(
+                "name = \"t\"\nduration_s = 100\n[topology]\ngateways = 2\nsensors_per_gateway = 1\n\
+                 [expect]\n{expect}\n[[backfill]]\ngateway = 1\nat_s = 50\nlog_from_s = 0\nlog_to_s = 50\n"
+            ),
+            "t",
+        )
+        .unwrap()
+    }
+
+    /// A log of lines 2 and 3 (good) and 4 (garbled); the topic holds line 2
+    /// before any live record, a live record, then line 3 twice.
+    fn world(
+        rows_rejected: u64,
+    ) -> (
+        BackfillHandles,
+        Ledger,
+        Vec<ConsumedRecord>,
+        Vec<Result<Reading, String>>,
+    ) {
+        let old_a = reading("gw-1-sd", 2, 100);
+        let old_b = reading("gw-1-sd", 3, 200);
+        let live = reading("gw-1", 7, 300);
+        let handles = BackfillHandles {
+            index: 0,
+            name: "gw-1-sd".into(),
+            live_gateway_id: "gw-1".into(),
+            log: Rc::new(SdCardLog {
+                csv: Vec::new(),
+                readings: vec![old_a.clone(), old_b.clone()],
+                bad_lines: vec![4],
+            }),
+            disk_faults: DiskFaults::new(1),
+            status: Rc::new(RefCell::new(BackfillStatus {
+                boots: 1,
+                outcome: Some(Ok(summary(rows_rejected))),
+                finished_at_ms: Some(2_000),
+            })),
+            started_at_ms: 900,
+        };
+        let mut ledger = Ledger::new(true);
+        ledger.set_now_ms(1_000);
+        ledger.durable(std::slice::from_ref(&live));
+        ledger.set_now_ms(1_500);
+        ledger.delivered(
+            &live,
+            RecordPosition {
+                partition: 0,
+                offset: 1,
+            },
+        );
+        let records = (0..4).map(record).collect();
+        let decoded = vec![Ok(old_a), Ok(live), Ok(old_b.clone()), Ok(old_b)];
+        (handles, ledger, records, decoded)
+    }
+
+    #[test]
+    fn late_records_live_delay_and_rejects_are_measured() {
+        let (handles, ledger, records, decoded) = world(1);
+        let (reports, failures) = judge(
+            &scenario("min_late_backfill_records = 1\nmax_live_delay_during_backfill_s = 1"),
+            std::slice::from_ref(&handles),
+            &ledger,
+            &records,
+            &decoded,
+        );
+        assert!(failures.is_empty(), "{failures:?}");
+        let report = &reports[0];
+        assert_eq!((report.rows, report.bad_rows, report.rejected), (3, 1, 1));
+        assert_eq!(report.delivered_unique, 2);
+        assert_eq!(
+            report.late_records, 1,
+            "only line 3 came after a newer live record"
+        );
+        assert_eq!(report.live_readings_during, 1);
+        assert_eq!(report.live_delay_max_ms, Some(500));
+        assert_eq!(report.duration_ms, Some(1_100));
+    }
+
+    #[test]
+    fn each_backfill_expectation_fails_when_broken() {
+        let (handles, ledger, records, decoded) = world(0);
+        let (_, failures) = judge(
+            &scenario("min_late_backfill_records = 2\nmax_live_delay_during_backfill_s = 0"),
+            std::slice::from_ref(&handles),
+            &ledger,
+            &records,
+            &decoded,
+        );
+        let text = failures.join("\n");
+        assert_eq!(failures.len(), 3, "{text}");
+        assert!(text.contains("rejected 0 rows, the log has 1 garbled"), "{text}");
+        assert!(text.contains("waited 0.5 s"), "{text}");
+        assert!(text.contains("1 backfilled records landed behind"), "{text}");
+
+        *handles.status.borrow_mut() = BackfillStatus::default();
+        let (_, failures) = judge(&scenario(""), &[handles], &ledger, &records, &decoded);
+        assert_eq!(failures, vec!["gw-1-sd: backfill did not finish".to_owned()]);
+    }
+}

@@ -762,4 +762,76 @@ clock_jump_ms = -5000
         .to_string();
         assert!(err.contains("y.toml") && err.contains("meteor"), "{err}");
     }
+
+    const BACKFILL: &str = r#"
+name = "b"
+duration_s = 1000
+[topology]
+gateways = 2
+sensors_per_gateway = 3
+sample_interval_ms = 60000
+[[fault]]
+kind = "registry_outage"
+at_s = 10
+duration_s = 20
+[[backfill]]
+gateway = 1
+at_s = 600
+log_from_s = 0
+log_to_s = 600
+max_rate_rows_per_s = 5
+bad_rows = 2
+"#;
+
+    #[test]
+    fn registry_outages_and_backfills_parse() {
+        let s = Scenario::parse(BACKFILL, "b.toml").unwrap();
+        assert_eq!(
+            s.faults[0],
+            Fault::RegistryOutage {
+                at_s: 10,
+                duration_s: 20,
+                mode: RegistryOutageMode::Partition
+            }
+        );
+        assert_eq!(s.faults[0].gateway(), None);
+        assert_eq!(s.faults_healed_at_s(), 30);
+        let b = &s.backfills[0];
+        assert_eq!(b.gateway_id(), "gw-1-sd");
+        assert_eq!((b.rounds(&s.topology), b.rows(&s.topology)), (10, 30));
+        assert_eq!(b.restart_at_s(), None);
+    }
+
+    #[test]
+    fn bad_backfills_are_refused_with_the_reason() {
+        let cases = [
+            (
+                "log_to_s = 600",
+                "log_to_s = 700",
+                "log_from_s < log_to_s <= at_s",
+            ),
+            ("gateway = 1", "gateway = 2", "gateway 2 does not exist"),
+            (
+                "bad_rows = 2",
+                "bad_rows = 31",
+                "bad_rows exceeds the log's 30 rows",
+            ),
+            ("max_rate_rows_per_s = 5", "max_rate_rows_per_s = 0", "at least 1"),
+            (
+                "at_s = 600",
+                "at_s = 600\ncrash_after_s = 390",
+                "restarts at 1050 s",
+            ),
+            ("bad_rows = 2", "bad_rows = 2\nrows = 9", "unknown field `rows`"),
+        ];
+        for (from, to, expected) in cases {
+            let text = BACKFILL.replace(from, to);
+            let err = Scenario::parse(&text, "b.toml").unwrap_err().to_string();
+            assert!(err.contains(expected), "{to}: {err}");
+        }
+        let twice =
+            format!("{BACKFILL}\n[[backfill]]\ngateway = 1\nat_s = 700\nlog_from_s = 0\nlog_to_s = 60\n");
+        let err = Scenario::parse(&twice, "b.toml").unwrap_err().to_string();
+        assert!(err.contains("one backfill per gateway"), "{err}");
+    }
 }
