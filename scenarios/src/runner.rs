@@ -144,7 +144,11 @@ impl RunResult {
 /// runner fetches writer schemas from its registry host instead).
 pub fn decode_raw(value: &[u8]) -> Result<Reading, String> {
     let (_id, body) = from_wire(value).map_err(|e| e.to_string())?;
-    ReadingCodec::v1().decode_body(body).map_err(|e| e.to_string())
+    // Building a codec parses its schema: do it once per thread, not per value.
+    thread_local! { static CODEC: ReadingCodec = ReadingCodec::v1(); }
+    CODEC
+        .with(|codec| codec.decode_body(body))
+        .map_err(|e| e.to_string())
 }
 
 /// Attempts to reach the registry for one schema id before its records are

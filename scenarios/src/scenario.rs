@@ -92,6 +92,15 @@ pub struct Scenario {
 /// disk and backfills it into the raw topic, rate-limited, through the
 /// registry and the broker. Row `n` of the file (line `n`, the header being
 /// line 1) has identity (`gw-{gateway}-sd`, probe id, `n`).
+///
+/// The run does not end before the backfill does; one still running
+/// `expect.drain_within_s` after the drain deadline (the later of
+/// `duration_s` and the last fault's end plus `drain_within_s`) fails
+/// liveness. Its rows are checked like durable readings (each must reach the
+/// raw topic with its event time as the record timestamp, in per-probe
+/// order within its own gateway id), plus what `[expect]` says about
+/// backfills (`min_late_backfill_records`, `max_live_delay_during_backfill_s`)
+/// and that the tool rejected exactly the `bad_rows`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backfill {
