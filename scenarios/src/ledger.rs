@@ -59,6 +59,8 @@ pub struct Entry {
     pub durable_at_ms: Option<u64>,
     /// Positions the producer reported for it (one per delivery report).
     pub delivered_at: Vec<RecordPosition>,
+    /// Simulated time of its first delivery report, ms (if it had one).
+    pub first_delivered_at_ms: Option<u64>,
 }
 
 /// Everything the harness knows, for every gateway.
@@ -93,6 +95,11 @@ impl Ledger {
         self.now_ms = now_ms;
     }
 
+    /// The harness time last set, ms.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
     /// Records a sampled reading.
     pub fn sampled(&mut self, reading: &Reading) {
         let id = reading.id();
@@ -109,6 +116,7 @@ impl Ledger {
                 fate: Fate::Sampled,
                 durable_at_ms: None,
                 delivered_at: Vec::new(),
+                first_delivered_at_ms: None,
             },
         );
     }
@@ -143,6 +151,7 @@ impl Ledger {
     pub fn delivered(&mut self, reading: &Reading, position: RecordPosition) {
         if let Some(entry) = self.entries.get_mut(&reading.id()) {
             entry.delivered_at.push(position);
+            entry.first_delivered_at_ms.get_or_insert(self.now_ms);
         }
     }
 

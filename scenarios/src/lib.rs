@@ -4,11 +4,14 @@
 //! simulator's scenario runner and the real-broker end-to-end tests judge
 //! their runs with the same code. A scenario ([`scenario`]) is data: a TOML
 //! file with a topology, a fault timeline ([`timeline`]) and expectations;
-//! [`runner`] plays it in the world [`world`] builds.
+//! [`runner`] plays it in the world [`world`] builds. Backfills of SD-card
+//! logs ([`sdcard`]) run as hosts of that world ([`backfill`]).
 
+pub mod backfill;
 pub mod checker;
 pub mod ledger;
 pub mod runner;
 pub mod scenario;
+pub mod sdcard;
 pub mod timeline;
 pub mod world;

@@ -1,21 +1,28 @@
-//! The scenario runner: builds the world, plays the fault timeline, waits for
-//! the system to drain, stops it, reads the raw topic and checks it.
+//! The scenario runner: builds the world, plays the fault timeline (and the
+//! backfills), waits for the system to drain, stops it, reads the raw topic,
+//! decodes it with writer schemas fetched from the registry host, and checks
+//! it.
 //!
 //! Everything that shapes the outcome is derived from the scenario and the
 //! seed, so a run replays byte for byte; only the wall-clock speed measure
 //! differs between runs and it is kept out of the summary and the digest.
 
+use crate::backfill::{self, BackfillReport};
 use crate::checker::{CheckOptions, CheckReport, check_topic};
 use crate::scenario::Scenario;
 use crate::timeline::{Action, TimedAction, expand};
-use crate::world::{self, BROKER_HOST, PlantedBug, RAW_TOPIC, World, build, consumer_config};
+use crate::world::{
+    self, BROKER_HOST, PlantedBug, RAW_TOPIC, REGISTRY_HOST, World, build, consumer_config, registry_client,
+};
 use soilstream::codec::{ReadingCodec, from_wire};
+use soilstream::decode::{DecodeError, ReadingDecoder};
 use soilstream::model::Reading;
 use soilstream::transport::{ConsumedRecord, read_topic_to_end};
 use soilstream_sim::SimConsumer;
 use soilstream_sim::digest::Digest;
 use soilstream_sim::disk::{BitFlip, DamageAt};
 use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
@@ -46,6 +53,13 @@ pub struct RunResult {
     pub simulated_ms: u64,
     /// Fault actions applied, with their times (ms).
     pub events: Vec<(u64, String)>,
+    /// One report per backfill of the scenario.
+    pub backfills: Vec<BackfillReport>,
+    /// Starts of the registry host that ran (a start cut short by a crash
+    /// before it ran is not counted).
+    pub registry_boots: u32,
+    /// Simulated time of the first delivery report of any reading, ms.
+    pub first_delivery_ms: Option<u64>,
     /// Everything that failed: checker anomalies, expectations, liveness.
     pub failures: Vec<String>,
     /// Digest of the run's outcome (topic contents, tallies, drain time,
@@ -101,6 +115,16 @@ impl RunResult {
             self.simulated_ms as f64 / 3_600_000.0
         );
         let _ = writeln!(out, "faults applied: {}", self.events.len());
+        let _ = writeln!(
+            out,
+            "registry: boots={}; first delivery at {}",
+            self.registry_boots,
+            self.first_delivery_ms
+                .map_or("never".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
+        );
+        for backfill in &self.backfills {
+            let _ = writeln!(out, "{backfill}");
+        }
         let _ = write!(out, "{}", self.check);
         let _ = writeln!(out, "digest: {:016x}", self.digest);
         if self.passed() {
@@ -115,13 +139,66 @@ impl RunResult {
     }
 }
 
-/// Decodes a raw-topic value with the shipped schema.
+/// Decodes a raw-topic value with the shipped schema, whatever its schema
+/// id (for topics whose writers used the shipped v1 schema; the simulator's
+/// runner fetches writer schemas from its registry host instead).
 pub fn decode_raw(value: &[u8]) -> Result<Reading, String> {
     let (_id, body) = from_wire(value).map_err(|e| e.to_string())?;
-    ReadingCodec::v1().decode_body(body).map_err(|e| e.to_string())
+    // Building a codec parses its schema: do it once per thread, not per value.
+    thread_local! { static CODEC: ReadingCodec = ReadingCodec::v1(); }
+    CODEC
+        .with(|codec| codec.decode_body(body))
+        .map_err(|e| e.to_string())
 }
 
-fn apply(world: &mut World<'_>, scenario: &Scenario, timed: &TimedAction, events: &mut Vec<(u64, String)>) {
+/// Attempts to reach the registry for one schema id before its records are
+/// reported undecodable.
+const REGISTRY_FETCH_ATTEMPTS_MAX: u32 = 10;
+
+/// Decodes every record with the writer schema its id names, fetched from
+/// the registry host (and cached). Must run inside a turmoil client. A
+/// schema id the registry stays unreachable for is given up after
+/// [`REGISTRY_FETCH_ATTEMPTS_MAX`] attempts; its records are undecodable
+/// (the checker's `corrupt`).
+async fn decode_with_registry(records: &[ConsumedRecord], tick_ms: u64) -> Vec<Result<Reading, String>> {
+    let decoder = ReadingDecoder::with_registry(Rc::new(registry_client(tick_ms)), ReadingCodec::v1());
+    let retry_delay = Duration::from_millis(tick_ms.max(1_000));
+    let mut given_up: BTreeSet<u32> = BTreeSet::new();
+    let mut decoded = Vec::with_capacity(records.len());
+    for record in records {
+        let value = record.value.as_deref();
+        let mut attempts = 0;
+        let result = loop {
+            if let Some((id, _)) = value.and_then(|v| from_wire(v).ok())
+                && given_up.contains(&id)
+            {
+                break Err(format!("schema id {id}: registry unreachable"));
+            }
+            attempts += 1;
+            match decoder.decode(value).await {
+                Ok((_, reading)) => break Ok(reading),
+                Err(DecodeError::RegistryUnavailable { id, reason }) => {
+                    if attempts >= REGISTRY_FETCH_ATTEMPTS_MAX {
+                        given_up.insert(id);
+                        break Err(format!("schema id {id}: registry unavailable: {reason}"));
+                    }
+                    tokio::time::sleep(retry_delay).await;
+                }
+                Err(other) => break Err(other.to_string()),
+            }
+        };
+        decoded.push(result);
+    }
+    decoded
+}
+
+fn apply(
+    world: &mut World<'_>,
+    scenario: &Scenario,
+    seed: u64,
+    timed: &TimedAction,
+    events: &mut Vec<(u64, String)>,
+) {
     let gw_name = |g: u32| world.gateways[g as usize].name.clone();
     let base_latency = Duration::from_millis(scenario.topology.latency_ms);
     events.push((timed.at_ms, format!("{:?}", timed.action)));
@@ -219,7 +296,43 @@ fn apply(world: &mut World<'_>, scenario: &Scenario, timed: &TimedAction, events
             }
         }
         Action::ClockJump(g, jump_ms) => world.gateways[*g as usize].clock.jump_ms(*jump_ms),
+        Action::RegistryPartition => {
+            for name in world.registry_clients() {
+                world.sim.partition(REGISTRY_HOST, name.as_str());
+            }
+            world.registry_cut_off = true;
+        }
+        Action::RegistryRepair => {
+            for name in world.registry_clients() {
+                world.sim.repair(REGISTRY_HOST, name.as_str());
+            }
+            world.registry_cut_off = false;
+        }
+        Action::RegistryCrash => world.sim.crash(REGISTRY_HOST),
+        Action::RegistryRestart => world.sim.bounce(REGISTRY_HOST),
+        Action::BackfillStart(index) => {
+            backfill::start(world, scenario, seed, *index, timed.at_ms);
+            if world.registry_cut_off {
+                let name = scenario.backfills[*index].gateway_id();
+                world.sim.partition(REGISTRY_HOST, name.as_str());
+            }
+        }
+        Action::BackfillPowerOff(index) => {
+            let name = scenario.backfills[*index].gateway_id();
+            world.sim.partition(name.as_str(), BROKER_HOST);
+            world.sim.crash(name.as_str());
+        }
+        Action::BackfillPowerOn(index) => {
+            let name = scenario.backfills[*index].gateway_id();
+            world.sim.repair(name.as_str(), BROKER_HOST);
+            world.sim.bounce(name.as_str());
+        }
     }
+}
+
+/// Whether every backfill of the scenario has started and ran to an end.
+fn backfills_finished(world: &World<'_>, scenario: &Scenario) -> bool {
+    world.backfills.len() == scenario.backfills.len() && world.backfills.iter().all(|b| b.is_finished())
 }
 
 fn all_drained(world: &mut World<'_>) -> bool {
@@ -249,25 +362,39 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         let elapsed_ms = world.sim.elapsed().as_millis() as u64;
         world.ledger.borrow_mut().set_now_ms(elapsed_ms);
         while next_action < actions.len() && actions[next_action].at_ms <= elapsed_ms {
-            apply(&mut world, scenario, &actions[next_action], &mut events);
+            apply(
+                &mut world,
+                scenario,
+                options.seed,
+                &actions[next_action],
+                &mut events,
+            );
             next_action += 1;
         }
-        if next_action == actions.len()
-            && elapsed_ms >= healed_at_ms
-            && drained_at_ms.is_none()
-            && all_drained(&mut world)
-        {
+        // Every fault action is at or before `healed_at_ms`, so all of them
+        // have been applied here; backfill steps later on do not delay the
+        // drain measure.
+        if elapsed_ms >= healed_at_ms && drained_at_ms.is_none() && all_drained(&mut world) {
             drained_at_ms = Some(elapsed_ms);
         }
         if elapsed_ms >= run_until_ms && next_action == actions.len() {
-            if drained_at_ms.is_some() && all_drained(&mut world) {
+            let backfills_done = backfills_finished(&world, scenario);
+            if drained_at_ms.is_some() && all_drained(&mut world) && backfills_done {
                 break;
             }
             if elapsed_ms >= run_until_ms.max(healed_at_ms + drain_bound_ms) + drain_bound_ms {
-                failures.push(format!(
-                    "liveness: spools not drained {} s after the last fault healed",
-                    (elapsed_ms - healed_at_ms) / 1_000
-                ));
+                if drained_at_ms.is_none() || !all_drained(&mut world) {
+                    failures.push(format!(
+                        "liveness: spools not drained {} s after the last fault healed",
+                        (elapsed_ms - healed_at_ms) / 1_000
+                    ));
+                }
+                if !backfills_done {
+                    failures.push(format!(
+                        "liveness: backfills not finished {} s after the last fault healed",
+                        (elapsed_ms - healed_at_ms) / 1_000
+                    ));
+                }
                 break;
             }
             if drained_at_ms.is_some() {
@@ -334,8 +461,9 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         ledger.loss_reported(&g.name, g.metrics.readings_dropped.get());
     }
 
-    // Phase 3: read the raw topic to its end.
-    type TopicRead = Option<Result<Vec<ConsumedRecord>, String>>;
+    // Phase 3: read the raw topic to its end and decode it with the writer
+    // schemas from the registry.
+    type TopicRead = Option<Result<(Vec<ConsumedRecord>, Vec<Result<Reading, String>>), String>>;
     let read: Rc<RefCell<TopicRead>> = Rc::new(RefCell::new(None));
     {
         let read = read.clone();
@@ -343,9 +471,13 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         let stall_ms = (tick_ms * 300).max(60_000);
         world.sim.client("checker", async move {
             let result = match SimConsumer::new(config) {
-                Ok(mut consumer) => read_topic_to_end(&mut consumer, RAW_TOPIC, stall_ms)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(mut consumer) => match read_topic_to_end(&mut consumer, RAW_TOPIC, stall_ms).await {
+                    Ok(records) => {
+                        let decoded = decode_with_registry(&records, tick_ms).await;
+                        Ok((records, decoded))
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
                 Err(e) => Err(e.to_string()),
             };
             *read.borrow_mut() = Some(result);
@@ -355,16 +487,27 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     if let Err(e) = world.sim.run() {
         failures.push(format!("simulation error while reading the topic: {e}"));
     }
-    let records = match read.borrow_mut().take() {
-        Some(Ok(records)) => records,
+    let (records, decoded) = match read.borrow_mut().take() {
+        Some(Ok(read)) => read,
         Some(Err(e)) => {
             failures.push(format!("cannot read the raw topic: {e}"));
-            Vec::new()
+            (Vec::new(), Vec::new())
         }
         None => {
             failures.push("the checker client did not finish".into());
-            Vec::new()
+            (Vec::new(), Vec::new())
         }
+    };
+    // The checker decodes by value; equal values decode alike.
+    let by_value: BTreeMap<&[u8], &Result<Reading, String>> = records
+        .iter()
+        .zip(&decoded)
+        .filter_map(|(record, result)| Some((record.value.as_deref()?, result)))
+        .collect();
+    let decode = |value: &[u8]| -> Result<Reading, String> {
+        by_value
+            .get(value)
+            .map_or_else(|| Err("not decoded".to_owned()), |result| (*result).clone())
     };
 
     // Phase 4: judge.
@@ -372,9 +515,27 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         &world.ledger.borrow(),
         &records,
         scenario.topology.partitions,
-        &decode_raw,
+        &decode,
         CheckOptions::default(),
     );
+    let (backfill_reports, backfill_failures) = backfill::judge(
+        scenario,
+        &world.backfills,
+        &world.ledger.borrow(),
+        &records,
+        &decoded,
+    );
+    let registry_status = world.registry.status();
+    let first_delivery_ms = world
+        .ledger
+        .borrow()
+        .entries()
+        .values()
+        .filter_map(|e| e.first_delivered_at_ms)
+        .min();
+    for failure in &registry_status.failures {
+        failures.push(format!("registry: {failure}"));
+    }
     if !check.valid {
         for (kind, list) in &check.anomalies {
             if *kind != crate::checker::AnomalyKind::Duplicate {
@@ -415,6 +576,7 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
             t.never_committed
         ));
     }
+    failures.extend(backfill_failures);
 
     let mut digest = Digest::new();
     for r in &records {
@@ -440,6 +602,12 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     for (at_ms, event) in &events {
         digest.u64(*at_ms).field(event.as_bytes());
     }
+    digest
+        .u64(u64::from(registry_status.boots))
+        .u64(first_delivery_ms.unwrap_or(u64::MAX));
+    for report in &backfill_reports {
+        digest.field(report.to_string().as_bytes());
+    }
     digest.u64(world.broker.observer.state_digest().unwrap_or(0));
     let simulated_ms = world.sim.elapsed().as_millis() as u64;
     RunResult {
@@ -450,6 +618,9 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         drain_ms,
         simulated_ms,
         events,
+        backfills: backfill_reports,
+        registry_boots: registry_status.boots,
+        first_delivery_ms,
         failures,
         digest: digest.finish(),
         wall_ms: wall_start.elapsed().as_millis() as u64,

@@ -21,7 +21,24 @@
 //! gateway = 0
 //! at_s = 3600
 //! duration_s = 7200
+//!
+//! [[fault]]
+//! kind = "registry_outage"   # the schema registry host goes away
+//! at_s = 0
+//! duration_s = 1800
+//! mode = "crash"             # or "partition" (the default)
+//!
+//! [[backfill]]               # an SD-card log backfilled while live data flows
+//! gateway = 0                # whose probes the log covers
+//! at_s = 14400               # when the backfill starts
+//! log_from_s = 3600          # the log covers event times [log_from_s, log_to_s)
+//! log_to_s = 10800
+//! max_rate_rows_per_s = 50   # `--max-rate`
 //! ```
+//!
+//! Every world has a schema registry host (`registry`, the registry service
+//! on a simulated disk); gateways and backfills register the reading schema
+//! there and the checker fetches writer schemas from it by id.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -32,6 +49,8 @@ pub const DURATION_MAX_S: u64 = 30 * 86_400;
 pub const GATEWAYS_MAX: u32 = 64;
 /// Upper bound on sensors per gateway.
 pub const SENSORS_PER_GATEWAY_MAX: u32 = 1_000;
+/// Upper bound on the rows of one backfilled SD-card log.
+pub const BACKFILL_ROWS_MAX: u64 = 1_000_000;
 
 /// A whole scenario file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +76,93 @@ pub struct Scenario {
     /// The fault timeline.
     #[serde(default, rename = "fault")]
     pub faults: Vec<Fault>,
+    /// SD-card logs backfilled during the run (`[[backfill]]`).
+    #[serde(default, rename = "backfill")]
+    pub backfills: Vec<Backfill>,
+}
+
+/// An SD-card log backfilled with the backfill tool (`run_backfill`) while
+/// the live system runs.
+///
+/// The log holds what the probes of gateway `gateway` measured (their own
+/// logger kept sampling while the gateway was down), one row per probe every
+/// `log_interval_ms` with event times in `[log_from_s, log_to_s)` of the
+/// scenario, generated from the seed. At `at_s` a backfill host named
+/// `gw-{gateway}-sd` (also the backfill's gateway id) copies the log onto its
+/// disk and backfills it into the raw topic, rate-limited, through the
+/// registry and the broker. Row `n` of the file (line `n`, the header being
+/// line 1) has identity (`gw-{gateway}-sd`, probe id, `n`).
+///
+/// The run does not end before the backfill does; one still running
+/// `expect.drain_within_s` after the drain deadline (the later of
+/// `duration_s` and the last fault's end plus `drain_within_s`) fails
+/// liveness. Its rows are checked like durable readings (each must reach the
+/// raw topic with its event time as the record timestamp, in per-probe
+/// order within its own gateway id), plus what `[expect]` says about
+/// backfills (`min_late_backfill_records`, `max_live_delay_during_backfill_s`)
+/// and that the tool rejected exactly the `bad_rows`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backfill {
+    /// Gateway index whose probes the log covers.
+    pub gateway: u32,
+    /// When the backfill starts, s.
+    pub at_s: u64,
+    /// First event time in the log, s from the start.
+    pub log_from_s: u64,
+    /// End of the log's event times (exclusive), s from the start; at most `at_s`.
+    pub log_to_s: u64,
+    /// Time between two rows of one probe, ms (default: the topology's
+    /// sampling interval).
+    #[serde(default)]
+    pub log_interval_ms: Option<u64>,
+    /// The backfill's `--max-rate`, rows per second (default: unlimited).
+    #[serde(default)]
+    pub max_rate_rows_per_s: Option<u32>,
+    /// Rows written garbled (as a failing logger does); the backfill must
+    /// reject exactly these, and deliver every other row.
+    #[serde(default)]
+    pub bad_rows: u64,
+    /// The backfill host loses power this many s after `at_s` (the run is
+    /// killed halfway) and comes back `down_s` later: the backfill resumes
+    /// from its checkpoint.
+    #[serde(default)]
+    pub crash_after_s: Option<u64>,
+    /// Downtime after `crash_after_s`, s.
+    #[serde(default = "default_backfill_down_s")]
+    pub down_s: u64,
+}
+
+fn default_backfill_down_s() -> u64 {
+    60
+}
+
+impl Backfill {
+    /// The gateway id of the backfilled records, also the backfill host's name.
+    pub fn gateway_id(&self) -> String {
+        format!("gw-{}-sd", self.gateway)
+    }
+
+    /// Time between two rows of one probe, ms.
+    pub fn interval_ms(&self, topology: &Topology) -> u64 {
+        self.log_interval_ms.unwrap_or(topology.sample_interval_ms)
+    }
+
+    /// Sampling rounds in the log (each has one row per probe).
+    pub fn rounds(&self, topology: &Topology) -> u64 {
+        let span_ms = self.log_to_s.saturating_sub(self.log_from_s) * 1_000;
+        span_ms.div_ceil(self.interval_ms(topology).max(1))
+    }
+
+    /// Data rows in the log (bad ones included).
+    pub fn rows(&self, topology: &Topology) -> u64 {
+        self.rounds(topology) * u64::from(topology.sensors_per_gateway)
+    }
+
+    /// When the backfill host is back after its crash, s (if it crashes).
+    pub fn restart_at_s(&self) -> Option<u64> {
+        self.crash_after_s.map(|after| self.at_s + after + self.down_s)
+    }
 }
 
 fn default_tick_ms() -> u64 {
@@ -143,6 +249,16 @@ pub struct Expectations {
     /// Most durable readings that may be lost to reported spool damage.
     #[serde(default)]
     pub max_lost_to_reported_damage: u64,
+    /// Fewest backfilled records that must land late: after a live record
+    /// of the same probe with a later event time, in the same partition.
+    /// Proves a backfill scenario really interleaved old and live data.
+    #[serde(default)]
+    pub min_late_backfill_records: u64,
+    /// Longest a live reading made durable while a backfill ran may wait
+    /// for its delivery report, s (unchecked when absent): `--max-rate`
+    /// keeps the live stream flowing.
+    #[serde(default)]
+    pub max_live_delay_during_backfill_s: Option<u64>,
 }
 
 fn default_drain_within_s() -> u64 {
@@ -156,8 +272,23 @@ impl Default for Expectations {
             max_lost_before_durable: 0,
             max_rejected_or_dropped: 0,
             max_lost_to_reported_damage: 0,
+            min_late_backfill_records: 0,
+            max_live_delay_during_backfill_s: None,
         }
     }
+}
+
+/// How the schema registry goes away in a [`Fault::RegistryOutage`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryOutageMode {
+    /// The registry host is cut off from every gateway and backfill host
+    /// (connections fail); it keeps running.
+    #[default]
+    Partition,
+    /// The registry host crashes (unsynced disk writes lost) and restarts
+    /// from its durable store when the outage ends.
+    Crash,
 }
 
 /// One scripted fault. Times are simulated seconds from the start.
@@ -334,6 +465,17 @@ pub enum Fault {
         /// Jump, ms (negative = back).
         jump_ms: i64,
     },
+    /// The schema registry is unavailable: producers keep spooling and
+    /// retry registration with backoff.
+    RegistryOutage {
+        /// Start, s.
+        at_s: u64,
+        /// Length, s.
+        duration_s: u64,
+        /// Partition (default) or crash and restart.
+        #[serde(default)]
+        mode: RegistryOutageMode,
+    },
 }
 
 impl Fault {
@@ -353,7 +495,10 @@ impl Fault {
             | Fault::ReadCorruption { gateway, .. }
             | Fault::BitFlips { gateway, .. }
             | Fault::ClockJump { gateway, .. } => Some(*gateway),
-            Fault::BrokerCrash { .. } | Fault::AckLoss { .. } | Fault::RequestErrors { .. } => None,
+            Fault::BrokerCrash { .. }
+            | Fault::AckLoss { .. }
+            | Fault::RequestErrors { .. }
+            | Fault::RegistryOutage { .. } => None,
         }
     }
 
@@ -375,7 +520,8 @@ impl Fault {
             | Fault::IoErrors { at_s, .. }
             | Fault::ReadCorruption { at_s, .. }
             | Fault::BitFlips { at_s, .. }
-            | Fault::ClockJump { at_s, .. } => *at_s,
+            | Fault::ClockJump { at_s, .. }
+            | Fault::RegistryOutage { at_s, .. } => *at_s,
         }
     }
 
@@ -393,7 +539,8 @@ impl Fault {
             | Fault::RequestErrors { at_s, duration_s, .. }
             | Fault::DiskFull { at_s, duration_s, .. }
             | Fault::IoErrors { at_s, duration_s, .. }
-            | Fault::ReadCorruption { at_s, duration_s, .. } => at_s + duration_s,
+            | Fault::ReadCorruption { at_s, duration_s, .. }
+            | Fault::RegistryOutage { at_s, duration_s, .. } => at_s + duration_s,
             Fault::FlappingLink {
                 at_s,
                 down_s,
@@ -530,6 +677,55 @@ impl Scenario {
                 return Err(format!("{at}: probability must be within 0..=1"));
             }
         }
+        let mut backfilled = std::collections::BTreeSet::new();
+        for (index, backfill) in self.backfills.iter().enumerate() {
+            let at = format!("backfill #{} (gateway {})", index + 1, backfill.gateway);
+            if backfill.gateway >= t.gateways {
+                return Err(format!(
+                    "{at}: gateway {} does not exist (gateways = {})",
+                    backfill.gateway, t.gateways
+                ));
+            }
+            if !backfilled.insert(backfill.gateway) {
+                return Err(format!(
+                    "{at}: one backfill per gateway (a second log would reuse the identities of the first)"
+                ));
+            }
+            if backfill.at_s >= self.duration_s {
+                return Err(format!("{at}: at_s must be before duration_s"));
+            }
+            if backfill.log_from_s >= backfill.log_to_s || backfill.log_to_s > backfill.at_s {
+                return Err(format!(
+                    "{at}: the log must cover log_from_s < log_to_s <= at_s (it was written before the backfill)"
+                ));
+            }
+            if backfill.interval_ms(t) < 1_000 {
+                return Err(format!("{at}: log_interval_ms must be at least 1000"));
+            }
+            let rows = backfill.rows(t);
+            if rows > BACKFILL_ROWS_MAX {
+                return Err(format!(
+                    "{at}: the log would have {rows} rows, more than {BACKFILL_ROWS_MAX}"
+                ));
+            }
+            if backfill.bad_rows > rows {
+                return Err(format!("{at}: bad_rows exceeds the log's {rows} rows"));
+            }
+            if backfill.max_rate_rows_per_s == Some(0) {
+                return Err(format!("{at}: max_rate_rows_per_s must be at least 1"));
+            }
+            if let Some(restart_s) = backfill.restart_at_s() {
+                if backfill.down_s == 0 {
+                    return Err(format!("{at}: down_s must be at least 1"));
+                }
+                if restart_s > self.duration_s {
+                    return Err(format!(
+                        "{at}: restarts at {restart_s} s, after duration_s = {}",
+                        self.duration_s
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -581,5 +777,77 @@ clock_jump_ms = -5000
         .unwrap_err()
         .to_string();
         assert!(err.contains("y.toml") && err.contains("meteor"), "{err}");
+    }
+
+    const BACKFILL: &str = r#"
+name = "b"
+duration_s = 1000
+[topology]
+gateways = 2
+sensors_per_gateway = 3
+sample_interval_ms = 60000
+[[fault]]
+kind = "registry_outage"
+at_s = 10
+duration_s = 20
+[[backfill]]
+gateway = 1
+at_s = 600
+log_from_s = 0
+log_to_s = 600
+max_rate_rows_per_s = 5
+bad_rows = 2
+"#;
+
+    #[test]
+    fn registry_outages_and_backfills_parse() {
+        let s = Scenario::parse(BACKFILL, "b.toml").unwrap();
+        assert_eq!(
+            s.faults[0],
+            Fault::RegistryOutage {
+                at_s: 10,
+                duration_s: 20,
+                mode: RegistryOutageMode::Partition
+            }
+        );
+        assert_eq!(s.faults[0].gateway(), None);
+        assert_eq!(s.faults_healed_at_s(), 30);
+        let b = &s.backfills[0];
+        assert_eq!(b.gateway_id(), "gw-1-sd");
+        assert_eq!((b.rounds(&s.topology), b.rows(&s.topology)), (10, 30));
+        assert_eq!(b.restart_at_s(), None);
+    }
+
+    #[test]
+    fn bad_backfills_are_refused_with_the_reason() {
+        let cases = [
+            (
+                "log_to_s = 600",
+                "log_to_s = 700",
+                "log_from_s < log_to_s <= at_s",
+            ),
+            ("gateway = 1", "gateway = 2", "gateway 2 does not exist"),
+            (
+                "bad_rows = 2",
+                "bad_rows = 31",
+                "bad_rows exceeds the log's 30 rows",
+            ),
+            ("max_rate_rows_per_s = 5", "max_rate_rows_per_s = 0", "at least 1"),
+            (
+                "at_s = 600",
+                "at_s = 600\ncrash_after_s = 390",
+                "restarts at 1050 s",
+            ),
+            ("bad_rows = 2", "bad_rows = 2\nrows = 9", "unknown field `rows`"),
+        ];
+        for (from, to, expected) in cases {
+            let text = BACKFILL.replace(from, to);
+            let err = Scenario::parse(&text, "b.toml").unwrap_err().to_string();
+            assert!(err.contains(expected), "{to}: {err}");
+        }
+        let twice =
+            format!("{BACKFILL}\n[[backfill]]\ngateway = 1\nat_s = 700\nlog_from_s = 0\nlog_to_s = 60\n");
+        let err = Scenario::parse(&twice, "b.toml").unwrap_err().to_string();
+        assert!(err.contains("one backfill per gateway"), "{err}");
     }
 }

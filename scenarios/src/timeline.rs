@@ -1,6 +1,7 @@
-//! The fault timeline: scenario faults expanded into timed actions.
+//! The fault timeline: scenario faults and backfills expanded into timed
+//! actions.
 
-use crate::scenario::{Fault, Scenario};
+use crate::scenario::{Fault, RegistryOutageMode, Scenario};
 
 /// One thing the runner does to the world at a point in simulated time.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +44,20 @@ pub enum Action {
     BitFlips(u32, u32),
     /// Jump a gateway's clock, ms.
     ClockJump(u32, i64),
+    /// Cut the registry off from every gateway and backfill host.
+    RegistryPartition,
+    /// Reconnect the registry.
+    RegistryRepair,
+    /// Crash the registry host.
+    RegistryCrash,
+    /// Restart the registry host.
+    RegistryRestart,
+    /// Start backfill number `n` of the scenario (its index in `[[backfill]]`).
+    BackfillStart(usize),
+    /// Power cut of a backfill host (the run is killed halfway).
+    BackfillPowerOff(usize),
+    /// Power back on a backfill host: the backfill resumes from its checkpoint.
+    BackfillPowerOn(usize),
 }
 
 /// An action at a time.
@@ -54,8 +69,9 @@ pub struct TimedAction {
     pub action: Action,
 }
 
-/// Expands the scenario's faults into actions sorted by time (stable: faults
-/// at the same time keep their file order).
+/// Expands the scenario's faults and backfills into actions sorted by time
+/// (stable: faults at the same time keep their file order, and come before
+/// backfill steps at that time).
 pub fn expand(scenario: &Scenario) -> Vec<TimedAction> {
     let mut actions = Vec::new();
     let mut push = |at_s: u64, action: Action| {
@@ -196,6 +212,27 @@ pub fn expand(scenario: &Scenario) -> Vec<TimedAction> {
                 at_s,
                 jump_ms,
             } => push(at_s, Action::ClockJump(gateway, jump_ms)),
+            Fault::RegistryOutage {
+                at_s,
+                duration_s,
+                mode,
+            } => match mode {
+                RegistryOutageMode::Partition => {
+                    push(at_s, Action::RegistryPartition);
+                    push(at_s + duration_s, Action::RegistryRepair);
+                }
+                RegistryOutageMode::Crash => {
+                    push(at_s, Action::RegistryCrash);
+                    push(at_s + duration_s, Action::RegistryRestart);
+                }
+            },
+        }
+    }
+    for (index, backfill) in scenario.backfills.iter().enumerate() {
+        push(backfill.at_s, Action::BackfillStart(index));
+        if let (Some(after_s), Some(restart_s)) = (backfill.crash_after_s, backfill.restart_at_s()) {
+            push(backfill.at_s + after_s, Action::BackfillPowerOff(index));
+            push(restart_s, Action::BackfillPowerOn(index));
         }
     }
     actions.sort_by_key(|a| a.at_ms);
@@ -237,6 +274,53 @@ cycles = 2
                 (130, Action::PowerOn(0, 0)),
                 (140, Action::PowerOff(0)),
                 (160, Action::PowerOn(0, 0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn registry_outages_and_backfills_expand() {
+        let s = Scenario::parse(
+            r#"
+name = "t"
+duration_s = 1000
+[topology]
+gateways = 1
+sensors_per_gateway = 1
+[[fault]]
+kind = "registry_outage"
+at_s = 0
+duration_s = 30
+mode = "crash"
+[[fault]]
+kind = "registry_outage"
+at_s = 500
+duration_s = 40
+[[backfill]]
+gateway = 0
+at_s = 400
+log_from_s = 100
+log_to_s = 300
+crash_after_s = 20
+down_s = 10
+"#,
+            "t",
+        )
+        .unwrap();
+        let at: Vec<_> = expand(&s)
+            .iter()
+            .map(|a| (a.at_ms / 1000, a.action.clone()))
+            .collect();
+        assert_eq!(
+            at,
+            vec![
+                (0, Action::RegistryCrash),
+                (30, Action::RegistryRestart),
+                (400, Action::BackfillStart(0)),
+                (420, Action::BackfillPowerOff(0)),
+                (430, Action::BackfillPowerOn(0)),
+                (500, Action::RegistryPartition),
+                (540, Action::RegistryRepair),
             ]
         );
     }

@@ -1,7 +1,9 @@
-//! Building the simulated world of a scenario: a broker host and gateway
-//! hosts on turmoil, with the handles the runner uses to script faults and
-//! to watch progress.
+//! Building the simulated world of a scenario: a broker host, a schema
+//! registry host and gateway hosts on turmoil, with the handles the runner
+//! uses to script faults and to watch progress. Backfill hosts join the
+//! world when their backfill starts ([`crate::backfill`]).
 
+use crate::backfill::BackfillHandles;
 use crate::ledger::{Ledger, LedgerObserver};
 use crate::scenario::Scenario;
 use soilstream::gateway::config::{ForwarderConfig, SamplerConfig, SyncPolicy};
@@ -9,13 +11,16 @@ use soilstream::gateway::{
     GatewayParts, GatewaySettings, ProducerFactory, Shutdown, ShutdownTrigger, run_gateway,
 };
 use soilstream::metrics::GatewayMetrics;
-use soilstream::registry::InProcessRegistry;
+use soilstream::registry::{HttpRegistryClient, HttpRegistryClientConfig};
 use soilstream::source::{SensorSimulator, SimulatorConfig};
 use soilstream::spool::{FullPolicy, PlantedBugs, SpoolConfig};
 use soilstream::transport::LogProducer;
 use soilstream_sim::broker::{BrokerConfig, BrokerHost, FlushPolicy, TopicConfig};
 use soilstream_sim::digest::derive_seed;
-use soilstream_sim::{ClockControl, DiskFaults, ProducerConfig, SimClock, SimDisk, SimProducer};
+use soilstream_sim::{
+    ClockControl, DiskFaults, ProducerConfig, RegistryHost, RegistryHostConfig, SimClock, SimConnector,
+    SimDisk, SimProducer,
+};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,6 +29,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const BROKER_HOST: &str = "broker";
 /// Port of the simulated broker.
 pub const BROKER_PORT: u16 = 9092;
+/// Name of the schema registry host.
+pub const REGISTRY_HOST: &str = "registry";
+/// Port of the schema registry.
+pub const REGISTRY_PORT: u16 = soilstream_sim::registry::REGISTRY_DEFAULT_PORT;
 /// The raw topic.
 pub const RAW_TOPIC: &str = "soil-moisture-raw";
 /// Start of simulated time: 2026-05-01T00:00:00Z, ms since the Unix epoch.
@@ -100,10 +109,30 @@ pub struct World<'a> {
     pub sim: turmoil::Sim<'a>,
     /// The broker's handles.
     pub broker: BrokerHost,
+    /// The schema registry's handles.
+    pub registry: RegistryHost,
+    /// Whether the registry is cut off from the other hosts now (a
+    /// partition-mode registry outage); backfill hosts that join meanwhile
+    /// are cut off too.
+    pub registry_cut_off: bool,
     /// One entry per gateway.
     pub gateways: Vec<GatewayHandles>,
+    /// Backfills started so far, in start order.
+    pub backfills: Vec<BackfillHandles>,
     /// The shared ledger.
     pub ledger: Rc<RefCell<Ledger>>,
+}
+
+impl World<'_> {
+    /// Names of the hosts that talk to the registry: gateways and started
+    /// backfills.
+    pub fn registry_clients(&self) -> Vec<String> {
+        self.gateways
+            .iter()
+            .map(|g| g.name.clone())
+            .chain(self.backfills.iter().map(|b| b.name.clone()))
+            .collect()
+    }
 }
 
 fn spool_config(scenario: &Scenario, planted: PlantedBug) -> SpoolConfig {
@@ -127,7 +156,7 @@ fn spool_config(scenario: &Scenario, planted: PlantedBug) -> SpoolConfig {
 
 /// Timeouts of the simulated clients scale with the tick: a round trip
 /// takes at least two ticks.
-fn producer_config(tick_ms: u64) -> ProducerConfig {
+pub fn producer_config(tick_ms: u64) -> ProducerConfig {
     let mut config = ProducerConfig::new(BROKER_HOST, BROKER_PORT);
     config.request_timeout_ms = config.request_timeout_ms.max(tick_ms * 10);
     config.connect_timeout_ms = config.connect_timeout_ms.max(tick_ms * 10);
@@ -143,6 +172,22 @@ pub fn consumer_config(tick_ms: u64) -> soilstream_sim::ConsumerConfig {
     config.request_timeout_ms = config.request_timeout_ms.max(tick_ms * 10);
     config.connect_timeout_ms = config.connect_timeout_ms.max(tick_ms * 10);
     config
+}
+
+/// The registry's URL inside the world.
+pub fn registry_url() -> String {
+    format!("http://{REGISTRY_HOST}:{REGISTRY_PORT}")
+}
+
+/// A client of the world's registry over simulated TCP; its request timeout
+/// scales with the tick like the broker clients'.
+pub fn registry_client(tick_ms: u64) -> HttpRegistryClient<SimConnector> {
+    let defaults = HttpRegistryClientConfig::default();
+    let config = HttpRegistryClientConfig {
+        request_timeout: defaults.request_timeout.max(Duration::from_millis(tick_ms * 10)),
+        ..defaults
+    };
+    HttpRegistryClient::new(SimConnector, &registry_url(), config).expect("the world's registry URL is valid")
 }
 
 /// Builds the world of `scenario` for `seed`.
@@ -175,6 +220,14 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
     broker_config.idle_timeout_ms = broker_config.idle_timeout_ms.max(scenario.tick_ms * 100);
     let broker = BrokerHost::new(broker_config, derive_seed(seed, "broker")).expect("valid broker config");
     sim.host(BROKER_HOST, broker.software());
+    let registry = RegistryHost::new(
+        RegistryHostConfig {
+            port: REGISTRY_PORT,
+            ..RegistryHostConfig::default()
+        },
+        derive_seed(seed, "registry/disk"),
+    );
+    sim.host(REGISTRY_HOST, registry.software());
 
     let ledger = Rc::new(RefCell::new(Ledger::new(true)));
     let mut gateways = Vec::new();
@@ -229,6 +282,7 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
             ..SimulatorConfig::default()
         };
         let producer_config = producer_config(scenario.tick_ms);
+        let tick_ms = scenario.tick_ms;
         let software = {
             let disk_faults = handles.disk_faults.clone();
             let clock = handles.clock.clone();
@@ -250,7 +304,7 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
                     disk: Rc::new(SimDisk::new(disk_faults.clone())),
                     clock: Rc::new(SimClock::new(clock.clone())),
                     source: Box::new(SensorSimulator::new(source_config.clone())),
-                    registry: Rc::new(InProcessRegistry::new()),
+                    registry: Rc::new(registry_client(tick_ms)),
                     producer_factory: factory,
                     observer: Rc::new(LedgerObserver::new(ledger.clone())),
                     metrics: metrics.clone(),
@@ -279,7 +333,10 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
     World {
         sim,
         broker,
+        registry,
+        registry_cut_off: false,
         gateways,
+        backfills: Vec::new(),
         ledger,
     }
 }

@@ -33,12 +33,11 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use soilstream::disk::{Disk, DiskFile};
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use turmoil::fs::shim::std::fs as simfs;
 
 /// Linux `EIO`.
@@ -192,16 +191,23 @@ impl DiskFaultState {
 /// Cloning gives another handle to the same state. Keep one in the scenario
 /// runner and give clones to the [`SimDisk`]s of the host: the settings, the
 /// random stream and the counters survive host crashes and restarts.
+///
+/// The state sits behind an `Arc<Mutex<_>>` rather than an `Rc<RefCell<_>>`
+/// so that a [`SimDisk`] is `Send + Sync`: servers whose state must be
+/// `Send` (the schema registry's axum router) can run on it. The simulator
+/// is single-threaded, so the lock is never contended; a poisoned lock (a
+/// panic while holding it) is taken over as is, since every update leaves
+/// the state consistent.
 #[derive(Debug, Clone)]
 pub struct DiskFaults {
-    state: Rc<RefCell<DiskFaultState>>,
+    state: Arc<Mutex<DiskFaultState>>,
 }
 
 impl DiskFaults {
     /// No faults; randomness from a ChaCha8 stream seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
-            state: Rc::new(RefCell::new(DiskFaultState {
+            state: Arc::new(Mutex::new(DiskFaultState {
                 config: DiskFaultConfig::default(),
                 full_anchor_used_bytes: None,
                 rng: ChaCha8Rng::seed_from_u64(seed),
@@ -212,15 +218,19 @@ impl DiskFaults {
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, DiskFaultState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The settings in force.
     pub fn config(&self) -> DiskFaultConfig {
-        self.state.borrow().config
+        self.lock().config
     }
 
     /// Replaces every setting.
     pub fn set_config(&self, config: DiskFaultConfig) -> Result<(), DiskFaultError> {
         config.validate()?;
-        let mut state = self.state.borrow_mut();
+        let mut state = self.lock();
         if config.full_headroom_bytes != state.config.full_headroom_bytes {
             state.full_anchor_used_bytes = None;
         }
@@ -238,7 +248,7 @@ impl DiskFaults {
 
     /// Turns every fault off (pending bit flips stay queued).
     pub fn heal(&self) {
-        let mut state = self.state.borrow_mut();
+        let mut state = self.lock();
         state.config = DiskFaultConfig::default();
         state.full_anchor_used_bytes = None;
     }
@@ -249,12 +259,12 @@ impl DiskFaults {
         let Some(headroom) = self.config().full_headroom_bytes else {
             return Ok(None);
         };
-        let anchor = self.state.borrow().full_anchor_used_bytes;
+        let anchor = self.lock().full_anchor_used_bytes;
         let anchor = match anchor {
             Some(anchor) => anchor,
             None => {
                 let used = used_bytes()?;
-                self.state.borrow_mut().full_anchor_used_bytes = Some(used);
+                self.lock().full_anchor_used_bytes = Some(used);
                 used
             }
         };
@@ -270,7 +280,7 @@ impl DiskFaults {
         if flip.xor_mask == 0 {
             return Err(DiskFaultError::EmptyMask);
         }
-        let mut state = self.state.borrow_mut();
+        let mut state = self.lock();
         if state.pending_bit_flips.len() >= MAX_PENDING_BIT_FLIPS {
             return Err(DiskFaultError::TooManyPendingBitFlips);
         }
@@ -280,28 +290,28 @@ impl DiskFaults {
 
     /// Bit flips not applied yet.
     pub fn pending_bit_flips(&self) -> usize {
-        self.state.borrow().pending_bit_flips.len()
+        self.lock().pending_bit_flips.len()
     }
 
     /// The most recent applied bit flips, oldest first (at most
     /// [`MAX_APPLIED_BIT_FLIPS_LOGGED`]).
     pub fn applied_bit_flips(&self) -> Vec<AppliedBitFlip> {
-        self.state.borrow().applied_bit_flips.iter().cloned().collect()
+        self.lock().applied_bit_flips.iter().cloned().collect()
     }
 
     /// Counts of injected faults so far.
     pub fn stats(&self) -> DiskFaultStats {
-        self.state.borrow().stats
+        self.lock().stats
     }
 
     fn roll(&self, pick: impl FnOnce(&DiskFaultConfig) -> f64) -> bool {
-        let mut state = self.state.borrow_mut();
+        let mut state = self.lock();
         let probability = pick(&state.config);
         state.roll(probability)
     }
 
     fn count(&self, bump: impl FnOnce(&mut DiskFaultStats)) {
-        bump(&mut self.state.borrow_mut().stats);
+        bump(&mut self.lock().stats);
     }
 }
 
@@ -361,12 +371,12 @@ impl SimDisk {
     /// Writes every queued bit flip into its file now.
     pub fn apply_pending_bit_flips(&self) {
         loop {
-            let next = self.faults.state.borrow_mut().pending_bit_flips.pop_front();
+            let next = self.faults.lock().pending_bit_flips.pop_front();
             let Some(flip) = next else { break };
             match self.apply_bit_flip(&flip) {
                 Ok(Some(applied)) => {
                     tracing::info!(path = %applied.path.display(), offset = applied.offset, mask = applied.xor_mask, "bit flip written");
-                    let mut state = self.faults.state.borrow_mut();
+                    let mut state = self.faults.lock();
                     state.stats.bit_flips_applied += 1;
                     if state.applied_bit_flips.len() >= MAX_APPLIED_BIT_FLIPS_LOGGED {
                         state.applied_bit_flips.pop_front();
@@ -395,7 +405,7 @@ impl SimDisk {
             if names.is_empty() {
                 return Ok(None);
             }
-            let index = self.faults.state.borrow_mut().rng.random_range(0..names.len());
+            let index = self.faults.lock().rng.random_range(0..names.len());
             flip.path.join(&names[index])
         } else {
             flip.path.clone()
@@ -406,7 +416,7 @@ impl SimDisk {
             DamageAt::Offset(offset) if offset < len => offset,
             DamageAt::Offset(_) => return Ok(None),
             DamageAt::Random if len == 0 => return Ok(None),
-            DamageAt::Random => self.faults.state.borrow_mut().rng.random_range(0..len),
+            DamageAt::Random => self.faults.lock().rng.random_range(0..len),
         };
         let mut byte = [0_u8; 1];
         if file.read_at(&mut byte, offset)? != 1 {
@@ -541,7 +551,7 @@ impl DiskFile for SimFile {
         debug_assert!(read <= buf.len());
         if read > 0 && self.disk.faults.roll(|c| c.read_corruption_probability) {
             let (index, bit) = {
-                let mut state = self.disk.faults.state.borrow_mut();
+                let mut state = self.disk.faults.lock();
                 (state.rng.random_range(0..read), state.rng.random_range(0..8_u32))
             };
             buf[index] ^= 1 << bit;
@@ -666,6 +676,8 @@ impl Disk for SimDisk {
 mod tests {
     use super::*;
     use soilstream::disk::read_exact_at;
+    use std::cell::RefCell;
+    use std::rc::Rc;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn builder() -> turmoil::Builder {

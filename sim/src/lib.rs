@@ -11,6 +11,8 @@
 //! | [`protocol`] | the broker's wire protocol: request/response types and CRC'd, length-prefixed frames |
 //! | [`broker`] | a simulated Kafka-like broker: a plain state machine ([`broker::BrokerCore`]) and its turmoil server |
 //! | [`client`] | [`SimProducer`] / [`SimConsumer`]: the `LogProducer` / `LogConsumer` seams over turmoil TCP |
+//! | [`net`] | [`SimListener`] / [`SimConnector`]: turmoil TCP for axum services and the registry client |
+//! | [`registry`] | [`RegistryHost`]: the schema registry service as a turmoil host on a [`SimDisk`] |
 //! | [`digest`] | a stable 64-bit digest for determinism checks |
 //!
 //! Everything that touches turmoil (files, sockets, time) must run inside a
@@ -22,8 +24,12 @@ pub mod client;
 pub mod clock;
 pub mod digest;
 pub mod disk;
+pub mod net;
 pub mod protocol;
+pub mod registry;
 
 pub use client::{ConsumerConfig, ProducerConfig, SimConsumer, SimProducer};
 pub use clock::{ClockControl, SimClock};
 pub use disk::{DiskFaults, SimDisk};
+pub use net::{SimConnector, SimListener};
+pub use registry::{RegistryHost, RegistryHostConfig};

@@ -182,6 +182,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let backfill = run_backfill(
         options,
+        std::rc::Rc::new(soilstream::disk::StdDisk),
         producer.as_ref(),
         registry.as_ref(),
         &SystemClock,

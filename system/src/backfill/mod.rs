@@ -30,11 +30,14 @@
 //!
 //! The entry point is [`run_backfill`]. It reaches the broker, the schema
 //! registry and the wall clock only through the seams ([`LogProducer`],
-//! [`SchemaRegistry`], [`Clock`]); files go through [`files::BackfillFiles`].
+//! [`SchemaRegistry`], [`Clock`]); files go through [`files::BackfillFiles`]
+//! on the [`Disk`] seam, so the simulator runs the same backfill on its
+//! simulated disk (power cuts included) as the CLI runs on `std::fs`.
 //!
 //! [`LogProducer`]: crate::transport::LogProducer
 //! [`SchemaRegistry`]: crate::registry::SchemaRegistry
 //! [`Clock`]: crate::clock::Clock
+//! [`Disk`]: crate::disk::Disk
 
 pub mod checkpoint;
 pub mod files;

@@ -20,6 +20,7 @@ use super::summary::{BackfillSummary, WarningCounts, format_event_time};
 use super::{BackfillError, BackfillOptions, HEADER_GATEWAY_ID, HEADER_SEQ};
 use crate::clock::Clock;
 use crate::codec::{ReadingCodec, SOIL_READING_SCHEMA_V1, to_wire};
+use crate::disk::Disk;
 use crate::model::Reading;
 use crate::registry::{RegistryError, SchemaRegistry, value_subject};
 use crate::transport::{LogProducer, OutboundRecord, ProduceError, RecordPosition};
@@ -27,6 +28,7 @@ use futures::future::LocalBoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use tokio::time::{Duration, Instant};
 
 /// Registration attempts while the registry is unavailable.
@@ -61,10 +63,14 @@ const MAX_LOGGED_PER_KIND: u64 = 5;
 /// Dropping the returned future (a kill) loses nothing: the last checkpoint
 /// written is a settled prefix, and a new run resumes after it.
 ///
+/// Files (the log, the checkpoint, the rejects) are on `disk`: `StdDisk`
+/// for a real file, the simulated disk inside the simulator.
+///
 /// Runs on the caller's task (the producer seam is not `Send`); file I/O is
-/// blocking `std::fs` on that task.
+/// blocking (through the [`Disk`] seam) on that task.
 pub async fn run_backfill(
     options: BackfillOptions,
+    disk: Rc<dyn Disk>,
     producer: &dyn LogProducer,
     registry: &dyn SchemaRegistry,
     clock: &dyn Clock,
@@ -73,6 +79,7 @@ pub async fn run_backfill(
     options.validate()?;
     let started = Instant::now();
     let files = BackfillFiles::new(
+        disk,
         options.csv_path.clone(),
         options.effective_checkpoint_path(),
         options.effective_rejects_path(),

@@ -42,6 +42,13 @@ pub trait Disk {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Opens an existing file for reading and appending.
     fn open(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
+    /// Opens an existing file for reading only (appending to it fails). Use
+    /// it for files the caller must not or cannot change, such as a log an
+    /// operator copied off a read-only card. Disks without a notion of
+    /// permissions may open it as [`Disk::open`] does.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        self.open(path)
+    }
     /// Creates a new empty file (error if it exists), open for appending.
     /// The directory entry is not durable until [`Disk::sync_dir`].
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;

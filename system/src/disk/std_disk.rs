@@ -47,6 +47,11 @@ impl Disk for StdDisk {
         Ok(Box::new(StdFile { file }))
     }
 
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        let file = File::open(path)?;
+        Ok(Box::new(StdFile { file }))
+    }
+
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
         let file = OpenOptions::new()
             .read(true)

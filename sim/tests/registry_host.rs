@@ -1,82 +1,29 @@
 //! The registry service and its client inside turmoil: the same server code
-//! on a simulated listener, the same client over a simulated connector, and
-//! registry outages (crash, partition) as scripted faults.
-//!
-//! `SimListener` and `SimConnector` are what the simulator needs to run the
-//! registry as a host; they are a dozen lines each.
+//! on a simulated listener and a simulated disk ([`RegistryHost`]), the same
+//! client over a simulated connector ([`SimConnector`]), and registry
+//! outages (crash, partition, held messages) as scripted faults.
 
 use soilstream::codec::{SOIL_READING_SCHEMA_V1, SOIL_READING_SCHEMA_V2};
-use soilstream::disk::StdDisk;
-use soilstream::registry::{
-    ApiLimits, Connector, HttpRegistryClient, HttpRegistryClientConfig, RegistryError, SchemaRegistry,
-    StoreLimits, open_router, serve,
-};
+use soilstream::registry::{HttpRegistryClient, HttpRegistryClientConfig, RegistryError, SchemaRegistry};
+use soilstream_sim::{RegistryHost, RegistryHostConfig, SimConnector};
 use std::cell::Cell;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-const PORT: u16 = 8081;
-
-/// turmoil's TCP listener as an axum listener.
-struct SimListener(turmoil::net::TcpListener);
-
-impl axum::serve::Listener for SimListener {
-    type Io = turmoil::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok(accepted) => return accepted,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-/// turmoil's TCP streams as the client's connector.
-struct SimConnector;
-
-impl Connector for SimConnector {
-    type Stream = turmoil::net::TcpStream;
-
-    fn connect<'a>(
-        &'a self,
-        authority: &'a str,
-    ) -> futures::future::LocalBoxFuture<'a, std::io::Result<Self::Stream>> {
-        Box::pin(async move {
-            let (host, port) = authority
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-                .ok_or_else(|| std::io::Error::other(format!("bad authority {authority}")))?;
-            turmoil::net::TcpStream::connect((host, port)).await
-        })
-    }
-}
+const REGISTRY: &str = "registry";
 
 fn sim(duration: Duration) -> turmoil::Sim<'static> {
     turmoil::Builder::new()
         .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         .simulation_duration(duration)
+        .rng_seed(11)
         .build()
 }
 
-fn registry_host(sim: &mut turmoil::Sim<'_>, dir: PathBuf) {
-    sim.host("registry", move || {
-        let dir = dir.clone();
-        async move {
-            let (router, _) = open_router(StdDisk, &dir, StoreLimits::default(), ApiLimits::default())?;
-            let listener = turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
-            serve(SimListener(listener), router, std::future::pending()).await?;
-            Ok(())
-        }
-    });
+fn registry_host(sim: &mut turmoil::Sim<'_>) -> RegistryHost {
+    let host = RegistryHost::new(RegistryHostConfig::default(), 5);
+    sim.host(REGISTRY, host.software());
+    host
 }
 
 fn client() -> HttpRegistryClient<SimConnector> {
@@ -84,14 +31,14 @@ fn client() -> HttpRegistryClient<SimConnector> {
         request_timeout: Duration::from_secs(1),
         ..HttpRegistryClientConfig::default()
     };
-    HttpRegistryClient::new(SimConnector, &format!("http://registry:{PORT}"), config).unwrap()
+    let url = format!("http://{REGISTRY}:{}", RegistryHostConfig::default().port);
+    HttpRegistryClient::new(SimConnector, &url, config).unwrap()
 }
 
 #[test]
 fn a_crashed_registry_is_unavailable_then_recovers_with_its_state() {
-    let dir = tempfile::tempdir().unwrap();
     let mut sim = sim(Duration::from_secs(120));
-    registry_host(&mut sim, dir.path().to_owned());
+    let host = registry_host(&mut sim);
     // 0: starting, 1: v1 registered, 2: done.
     let phase = Rc::new(Cell::new(0u8));
     let client_phase = phase.clone();
@@ -124,7 +71,8 @@ fn a_crashed_registry_is_unavailable_then_recovers_with_its_state() {
         };
         assert_eq!(v2, 2);
         assert!(unavailable > 0, "the outage was not seen");
-        // A fresh client (no cache) reads v1 from the restarted registry.
+        // A fresh client (no cache) reads v1 from the restarted registry:
+        // the registration survived the crash on the simulated disk.
         assert_eq!(client().schema_by_id(1).await.unwrap(), SOIL_READING_SCHEMA_V1);
         client_phase.set(2);
         Ok(())
@@ -133,27 +81,31 @@ fn a_crashed_registry_is_unavailable_then_recovers_with_its_state() {
     let mut bounced = false;
     while !sim.step().unwrap() {
         if phase.get() == 1 && crashed_at.is_none() {
-            sim.crash("registry");
+            sim.crash(REGISTRY);
             crashed_at = Some(sim.elapsed());
         }
         if let Some(at) = crashed_at
             && !bounced
             && sim.elapsed() > at + Duration::from_secs(5)
         {
-            sim.bounce("registry");
+            sim.bounce(REGISTRY);
             bounced = true;
         }
     }
     assert!(bounced);
-    eprintln!("simulated {:?}", sim.elapsed());
     assert_eq!(phase.get(), 2);
+    let status = host.status();
+    assert_eq!(status.boots, 2, "{status:?}");
+    assert!(status.failures.is_empty(), "{status:?}");
+    let reopened = status.last_open.expect("the second start opened the store");
+    assert!(!reopened.created, "the store was replayed, not created anew");
+    assert_eq!(reopened.schemas, 1, "v1 survived the crash");
 }
 
 #[test]
 fn partitions_and_held_messages_are_unavailable_until_healed() {
-    let dir = tempfile::tempdir().unwrap();
     let mut sim = sim(Duration::from_secs(60));
-    registry_host(&mut sim, dir.path().to_owned());
+    registry_host(&mut sim);
     sim.client("consumer", async move {
         let registry = client();
         // Wait for the registry host to listen.
@@ -165,14 +117,14 @@ fn partitions_and_held_messages_are_unavailable_until_healed() {
         };
         let reader = client();
         // Cut off: connections fail at once.
-        turmoil::partition("consumer", "registry");
+        turmoil::partition("consumer", REGISTRY);
         assert!(matches!(
             reader.schema_by_id(id).await,
             Err(RegistryError::Unavailable(_))
         ));
-        turmoil::repair("consumer", "registry");
+        turmoil::repair("consumer", REGISTRY);
         // Messages held: the request times out (in simulated time).
-        turmoil::hold("consumer", "registry");
+        turmoil::hold("consumer", REGISTRY);
         let started = tokio::time::Instant::now();
         match reader.schema_by_id(id).await {
             Err(RegistryError::Unavailable(message)) => {
@@ -181,9 +133,36 @@ fn partitions_and_held_messages_are_unavailable_until_healed() {
             other => panic!("expected a timeout, got {other:?}"),
         }
         assert!(started.elapsed() >= Duration::from_secs(1));
-        turmoil::release("consumer", "registry");
+        turmoil::release("consumer", REGISTRY);
         assert_eq!(reader.schema_by_id(id).await.unwrap(), SOIL_READING_SCHEMA_V1);
         Ok(())
     });
     sim.run().unwrap();
+}
+
+#[test]
+fn an_unopenable_store_keeps_the_host_down_and_is_reported() {
+    let mut sim = sim(Duration::from_secs(30));
+    let host = RegistryHost::new(
+        RegistryHostConfig {
+            // Simulated paths must be absolute: the store cannot open.
+            data_dir: "relative/registry".into(),
+            ..RegistryHostConfig::default()
+        },
+        5,
+    );
+    sim.host(REGISTRY, host.software());
+    sim.client("consumer", async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(matches!(
+            client().schema_by_id(1).await,
+            Err(RegistryError::Unavailable(_))
+        ));
+        Ok(())
+    });
+    sim.run().unwrap();
+    let status = host.status();
+    assert_eq!(status.boots, 1);
+    assert_eq!(status.failures.len(), 1, "{status:?}");
+    assert!(status.failures[0].contains("absolute"), "{status:?}");
 }
