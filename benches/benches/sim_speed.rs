@@ -1,7 +1,7 @@
 //! Simulator speed on the capstone-sized world (issue 3, item 8): 5 gateways
 //! x 20 probes sampling every minute for 48 simulated hours, a 24 h power
 //! outage on one gateway and a 2 h network outage on another (plus the rest
-//! of `scenarios/suite/storm-mix.toml`). Target: under 30 s of wall time on
+//! of `scenarios/storm-mix.toml`). Target: under 30 s of wall time on
 //! a 2-core machine.
 //!
 //! A bench binary that prints ratios (criterion's statistics add nothing for
@@ -24,7 +24,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/suite/storm-mix.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/storm-mix.toml");
     let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let t = &scenario.topology;
     println!(

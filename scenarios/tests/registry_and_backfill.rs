@@ -10,7 +10,7 @@ use std::path::Path;
 const SEEDS: [u64; 3] = [1, 2, 3];
 
 fn load(name: &str) -> Scenario {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("suite").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
     Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -26,7 +26,8 @@ enum SimCommand {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Scenario file (TOML), e.g. scenarios/suite/power-outage-24h.toml.
+    /// Scenario file (TOML), e.g. scenarios/power-outage-24h.toml, or a
+    /// directory: every `*.toml` in it except `Cargo.toml`, in name order.
     file: PathBuf,
     /// One seed.
     #[arg(long, conflicts_with = "seeds")]
@@ -63,8 +64,8 @@ fn parse_planted_bug(text: &str) -> Result<PlantedBug, String> {
     })
 }
 
-fn reproduce_command(args: &RunArgs, seed: u64) -> String {
-    let mut command = format!("soilstream sim run {} --seed {seed}", args.file.display());
+fn reproduce_command(args: &RunArgs, file: &std::path::Path, seed: u64) -> String {
+    let mut command = format!("soilstream sim run {} --seed {seed}", file.display());
     if args.planted_bug != PlantedBug::None {
         command.push_str(&format!(" --planted-bug {}", args.planted_bug.name()));
     }
@@ -74,8 +75,55 @@ fn reproduce_command(args: &RunArgs, seed: u64) -> String {
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        SimCommand::Run(args) => run_scenarios(&args),
+        SimCommand::Run(args) => run_files(&args),
     }
+}
+
+/// The scenario files `path` names: itself, or the scenarios in a directory.
+fn scenario_files(path: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+        let file = entry?.path();
+        if file.extension().is_some_and(|x| x == "toml") && !file.ends_with("Cargo.toml") {
+            files.push(file);
+        }
+    }
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no scenario (*.toml) in {}", path.display());
+    Ok(files)
+}
+
+fn run_files(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let files = scenario_files(&args.file)?;
+    let mut failed = Vec::new();
+    for file in &files {
+        if files.len() > 1 {
+            println!("== {}", file.display());
+        }
+        if run_scenarios(args, file)? != ExitCode::SUCCESS {
+            failed.push(file.display().to_string());
+        }
+    }
+    if files.len() > 1 {
+        println!(
+            "{} of {} scenario file(s) passed{}",
+            files.len() - failed.len(),
+            files.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failing: {}", failed.join(", "))
+            }
+        );
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn one_line(result: &RunResult) -> String {
@@ -96,8 +144,8 @@ fn one_line(result: &RunResult) -> String {
     )
 }
 
-fn run_scenarios(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let scenario = Scenario::load(&args.file).with_context(|| "loading the scenario")?;
+fn run_scenarios(args: &RunArgs, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let scenario = Scenario::load(file).with_context(|| "loading the scenario")?;
     let seeds = match (&args.seed, &args.seeds) {
         (Some(seed), None) => *seed..=*seed,
         (None, Some(range)) => range.clone(),
@@ -156,7 +204,7 @@ fn run_scenarios(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     writeln!(stdout, "failing seed(s): {failed:?}; reproduce with:")?;
     for seed in failed.iter().take(10) {
-        writeln!(stdout, "  {}", reproduce_command(args, *seed))?;
+        writeln!(stdout, "  {}", reproduce_command(args, file, *seed))?;
     }
     Ok(ExitCode::FAILURE)
 }
