@@ -101,7 +101,10 @@ impl Reading {
     }
 }
 
-fn check_id(field: &'static str, value: &str) -> Result<(), InvalidReading> {
+/// Checks an identifier (gateway or sensor id) against the rules every
+/// reading's identity must satisfy: 1 to [`ID_MAX_BYTES`] bytes, no control
+/// characters. `field` names it in the error.
+pub fn check_id(field: &'static str, value: &str) -> Result<(), InvalidReading> {
     if value.is_empty() {
         return Err(InvalidReading::new(field, "empty"));
     }

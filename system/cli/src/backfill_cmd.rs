@@ -95,7 +95,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CHECKPOINT_EVERY_ROWS)]
     checkpoint_every: u64,
     /// A librdkafka property, e.g. `-X security.protocol=SSL` (repeatable).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = crate::args::parse_kafka_property)]
     properties: Vec<(String, String)>,
     /// Print the summary as JSON (on stdout) instead of text.
     #[arg(long)]
@@ -104,13 +104,6 @@ pub struct Args {
     /// its id written into every value. Without it: in-process id 1.
     #[arg(long, env = "SOILSTREAM_REGISTRY_URL", value_name = "URL")]
     registry: Option<String>,
-}
-
-fn parse_property(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
-    }
 }
 
 impl Args {
@@ -144,6 +137,7 @@ fn make_producer(brokers: &str, properties: &[(String, String)]) -> anyhow::Resu
 /// Runs the command.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut options = args.options();
+    options.validate()?;
     if options.retention_ms.is_none() {
         // Ask the broker; a broker that reports no retention (Tansu) leaves
         // the check off unless --retention-ms is given.
@@ -163,7 +157,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(error) => tracing::warn!(%error, "cannot read the topic's retention.ms; pass --retention-ms"),
         }
     }
-    options.validate()?;
     let producer = make_producer(&args.brokers, &args.properties)
         .with_context(|| format!("creating the Kafka producer for {}", args.brokers))?;
     // Without a registry the values carry schema id 1 of an in-process
@@ -361,10 +354,6 @@ mod tests {
             "{error}"
         );
         assert!(parse(&["log.csv", "--gateway-id", "gw", "-X", "=v"]).is_err());
-        assert_eq!(
-            parse_property("a.b= c=d"),
-            Ok(("a.b".to_owned(), " c=d".to_owned()))
-        );
     }
 
     #[tokio::test(flavor = "current_thread")]

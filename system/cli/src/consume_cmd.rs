@@ -46,19 +46,12 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// A librdkafka property, e.g. `-X security.protocol=SSL` (repeatable).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = crate::args::parse_kafka_property)]
     properties: Vec<(String, String)>,
     /// Schema registry URL: writer schemas are fetched by id (and cached).
     /// Without it every value is decoded with the shipped v1 schema.
     #[arg(long, env = "SOILSTREAM_REGISTRY_URL", value_name = "URL")]
     registry: Option<String>,
-}
-
-fn parse_property(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
-    }
 }
 
 /// Counts printed at the end.
@@ -446,17 +439,6 @@ mod tests {
         // Extremes format without panicking.
         assert!(format_rfc3339_ms(i64::MIN).ends_with('Z'));
         assert!(format_rfc3339_ms(i64::MAX).ends_with('Z'));
-    }
-
-    #[test]
-    fn properties_parse() {
-        assert_eq!(
-            parse_property("security.protocol=SSL"),
-            Ok(("security.protocol".into(), "SSL".into()))
-        );
-        assert_eq!(parse_property("a=b=c"), Ok(("a".into(), "b=c".into())));
-        assert!(parse_property("novalue").is_err());
-        assert!(parse_property("=x").is_err());
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub struct Args {
     registry_url: Option<String>,
     /// A librdkafka property `key=value`, applied after `[kafka.properties]`
     /// (repeatable), e.g. `-X security.protocol=SASL_SSL`.
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = crate::args::parse_kafka_property)]
     kafka_property: Vec<(String, String)>,
     /// Append every reading acknowledged durable, as a JSON line, to this file
     /// (a ledger for checkers and tests).
@@ -63,16 +63,6 @@ pub struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
-    if key.is_empty() {
-        return Err(format!("`{text}` has an empty key"));
-    }
-    Ok((key.to_owned(), value.to_owned()))
 }
 
 impl Args {

@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod args;
 mod backfill_cmd;
 mod consume_cmd;
 mod gateway_cmd;

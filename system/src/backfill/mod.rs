@@ -56,7 +56,6 @@ pub use row::RowError;
 pub use run::run_backfill;
 pub use summary::{BackfillSummary, WarningCounts};
 
-use crate::model::Reading;
 use crate::registry::RegistryError;
 use crate::transport::ProduceError;
 use std::path::PathBuf;
@@ -167,18 +166,7 @@ impl BackfillOptions {
     /// Checks every option; the first problem found, if any.
     pub fn validate(&self) -> Result<(), BackfillError> {
         let invalid = |message: String| Err(BackfillError::InvalidOptions(message));
-        let probe = Reading {
-            gateway_id: self.gateway_id.clone(),
-            sensor_id: "probe".into(),
-            seq: 0,
-            event_time_ms: row::MIN_EVENT_TIME_MS,
-            moisture_vwc: 0.0,
-            soil_temp_c: 0.0,
-            bulk_ec_ds_m: None,
-            depth_cm: 0,
-            battery_v: None,
-        };
-        if let Err(e) = probe.check_structure() {
+        if let Err(e) = crate::model::check_id("gateway_id", &self.gateway_id) {
             return invalid(format!("gateway id {:?}: {}", self.gateway_id, e.reason));
         }
         if self.topic.is_empty()

@@ -257,18 +257,7 @@ impl GatewayFileConfig {
             key,
             reason: reason.to_owned(),
         };
-        let probe = crate::model::Reading {
-            gateway_id: self.gateway.id.clone(),
-            sensor_id: "x".into(),
-            seq: 0,
-            event_time_ms: 0,
-            moisture_vwc: 0.0,
-            soil_temp_c: 0.0,
-            bulk_ec_ds_m: None,
-            depth_cm: 0,
-            battery_v: None,
-        };
-        if let Err(e) = probe.check_structure() {
+        if let Err(e) = crate::model::check_id("gateway.id", &self.gateway.id) {
             return Err(invalid("gateway.id", e.reason));
         }
         if self.sampler.interval_ms == 0 {

@@ -103,34 +103,23 @@ impl Forwarder {
         );
         // The schema id: readings keep spooling while the registry is away.
         let subject = value_subject(&self.config.topic);
-        let schema_id = loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.wait() => return,
-                result = self.registry.register(&subject, SOIL_READING_SCHEMA_V1) => match result {
-                    Ok(id) => break id,
-                    Err(e) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "schema registration failed");
-                        tokio::select! { biased; _ = shutdown.wait() => return, _ = sleep(delay) => {} }
-                    }
-                }
-            }
+        let Some(schema_id) =
+            retry_until_shutdown("schema registration", &mut backoff, &mut shutdown, || {
+                self.registry.register(&subject, SOIL_READING_SCHEMA_V1)
+            })
+            .await
+        else {
+            return;
         };
-        backoff.reset();
         tracing::info!(schema_id, subject = %subject, "schema registered");
-
-        let mut producer = loop {
-            match (self.producer_factory)() {
-                Ok(p) => break p,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot create producer");
-                    tokio::select! { biased; _ = shutdown.wait() => return, _ = sleep(delay) => {} }
-                }
-            }
+        let Some(mut producer) =
+            retry_until_shutdown("producer creation", &mut backoff, &mut shutdown, || {
+                std::future::ready((self.producer_factory)())
+            })
+            .await
+        else {
+            return;
         };
-        backoff.reset();
 
         let cursor_interval = Duration::from_millis(self.config.cursor_persist_interval_ms.max(1));
         let mut next_cursor_persist = Instant::now() + cursor_interval;
@@ -344,6 +333,38 @@ impl Forwarder {
             .producer_request_retries
             .set(producer_stats.request_retries as i64);
         self.metrics.broker_up.set(i64::from(producer_stats.broker_up));
+    }
+}
+
+/// Calls `attempt` until it succeeds, sleeping with `backoff` after each
+/// failure; `None` if shutdown comes first. Resets the backoff on success.
+async fn retry_until_shutdown<T, E, F>(
+    what: &str,
+    backoff: &mut Backoff,
+    shutdown: &mut Shutdown,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.wait() => return None,
+            result = attempt() => result,
+        };
+        match result {
+            Ok(value) => {
+                backoff.reset();
+                return Some(value);
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+                tokio::select! { biased; _ = shutdown.wait() => return None, _ = sleep(delay) => {} }
+            }
+        }
     }
 }
 
