@@ -127,6 +127,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let _spool_lock = lock_spool_dir(&config.spool.dir)?;
     let metrics = GatewayMetrics::new();
     let (trigger, shutdown) = Shutdown::new();
     let trigger = Rc::new(trigger);
@@ -170,29 +171,25 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         log_interval_ms: config.gateway.log_interval_ms,
     };
 
-    let metrics_server = async {
-        if config.metrics.listen.is_empty() {
-            return Ok(());
-        }
+    // Bind before starting: a taken port is a configuration error now, not
+    // a surprise at shutdown.
+    let metrics_listener = if config.metrics.listen.is_empty() {
+        None
+    } else {
         let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
             .await
             .with_context(|| format!("binding the metrics endpoint on {}", config.metrics.listen))?;
         tracing::info!(address = %listener.local_addr()?, "metrics endpoint at /metrics");
-        let mut stop = shutdown.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = serve_metrics(listener, metrics.clone(), async {
-            let _ = rx.await;
-        });
-        tokio::pin!(serve);
-        tokio::select! {
-            biased;
-            result = &mut serve => result.context("metrics endpoint failed")?,
-            _ = stop.wait() => {
-                let _ = tx.send(());
-                serve.await.context("metrics endpoint failed")?;
-            }
+        Some(listener)
+    };
+    let mut metrics_stop = shutdown.clone();
+    let metrics_server = async {
+        match metrics_listener {
+            Some(listener) => serve_metrics(listener, metrics.clone(), async move { metrics_stop.wait().await })
+                .await
+                .context("metrics endpoint failed"),
+            None => Ok(()),
         }
-        anyhow::Ok(())
     };
     let signal_trigger = trigger.clone();
     let mut stop = shutdown.clone();
@@ -219,4 +216,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     metrics_result?;
     signal_result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Takes an exclusive lock on the spool directory (flock on the directory
+/// itself) for as long as the returned handle lives: two gateways on one
+/// spool would corrupt it.
+fn lock_spool_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the spool directory {}", dir.display()))?;
+    let handle =
+        std::fs::File::open(dir).with_context(|| format!("opening the spool directory {}", dir.display()))?;
+    match handle.try_lock() {
+        Ok(()) => Ok(handle),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the spool directory {} is in use by another gateway process; stop it or use another --spool-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking the spool directory {}", dir.display()))
+        }
+    }
 }
