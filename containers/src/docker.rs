@@ -625,7 +625,12 @@ pub(crate) fn start_container(
             Ok(container) => return Ok((std::sync::Arc::new(container), port)),
             Err(error) => {
                 let text = error_chain(&error);
-                remove_container_by_name(engine, name)?;
+                // The container may exist, created but not started: remove
+                // it (a failure here is logged; the start error is what
+                // matters, and the network's clean-up sweeps leftovers).
+                if let Err(removal) = remove_container_by_name(engine, name) {
+                    tracing::warn!(container = name, error = %removal, "removing a container that did not start");
+                }
                 let port_taken =
                     text.contains("port is already allocated") || text.contains("address already in use");
                 if port_taken && attempt < PORT_ATTEMPTS {
@@ -914,6 +919,67 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_host_port_taken_between_picking_and_starting_is_replaced() {
+        use testcontainers::ImageExt;
+        use testcontainers::core::IntoContainerPort;
+        let Some(engine) = DockerAvailability::detect()
+            .engine_or_skip("port retry")
+            .unwrap_or_else(|e| panic!("{e}"))
+        else {
+            return;
+        };
+        let image = build_tansu_image(&engine).unwrap();
+        let network = DockerNetwork::create(&engine).unwrap();
+        // The first port offered is held by someone else.
+        let squatter = std::net::TcpListener::bind((network.gateway_ip(), 0)).unwrap();
+        let taken = squatter.local_addr().unwrap().port();
+        let offered = std::sync::Mutex::new(Vec::new());
+        let name = network.container_name("retry");
+        let (container, port) = start_container(
+            &engine,
+            &name,
+            &image,
+            || {
+                let mut offered = offered.lock().unwrap();
+                let port = if offered.is_empty() {
+                    taken
+                } else {
+                    network.free_gateway_port()?
+                };
+                offered.push(port);
+                Ok(port)
+            },
+            |port| {
+                let ip = network.gateway_ip().to_string();
+                testcontainers::GenericImage::new(image.repository(), image.tag())
+                    .with_exposed_port(9092.tcp())
+                    .with_cmd(["--version"])
+                    .with_container_name(name.as_str())
+                    .with_network(network.name())
+                    .with_labels(network.labels())
+                    .with_host_config_modifier(move |host| {
+                        host.publish_all_ports = Some(false);
+                        host.port_bindings = Some(std::collections::HashMap::from([(
+                            "9092/tcp".to_string(),
+                            Some(vec![testcontainers::bollard::models::PortBinding {
+                                host_ip: Some(ip.clone()),
+                                host_port: Some(port.to_string()),
+                            }]),
+                        )]));
+                    })
+            },
+        )
+        .unwrap_or_else(|e| panic!("the start was not retried on another port: {e}"));
+        let offered = offered.into_inner().unwrap();
+        assert_eq!(offered.len(), 2, "one retry: {offered:?}");
+        assert_eq!(offered[0], taken);
+        assert_eq!(port, offered[1]);
+        assert_ne!(port, taken);
+        remove_container(&engine, &name, container);
+        drop(squatter);
     }
 
     #[test]
