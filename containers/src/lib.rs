@@ -1,6 +1,7 @@
 //! The real world for soilstream's test suites: a Kafka-protocol broker
 //! (Tansu 0.6.0) as a process, a TCP fault proxy, and component processes
-//! that can be killed, paused and restarted.
+//! that can be killed, paused and restarted; and, where a Docker engine is
+//! present, the broker and the gateway as containers ([`docker`]).
 //!
 //! | fixture | what it does |
 //! |---|---|
@@ -13,16 +14,28 @@
 //! `#[test]`s and from `#[tokio::test]`s alike (the proxy runs its own runtime
 //! on its own thread; broker admin requests run on a helper thread).
 //!
-//! Where a Docker engine is present, the same suites can later run the broker
-//! and the components as containers (testcontainers, network disconnect for
-//! cuts); this crate does not depend on Docker.
+//! The container world ([`docker`], always compiled, used only where an
+//! engine answers):
+//!
+//! | fixture | what it does |
+//! |---|---|
+//! | [`DockerAvailability`] | whether a Docker engine answers (`DOCKER_HOST` or the default socket); the container suites skip with [`docker::SKIP_MESSAGE`] when none does |
+//! | [`build_tansu_image`], [`build_soilstream_image`] | `FROM scratch` images from local binaries and the libraries `ldd` lists, tagged by content, built once, never pulled |
+//! | [`DockerNetwork`] | a user-defined bridge network per test; removes every container and volume of its session when dropped |
+//! | [`TansuContainer`] | Tansu in a container (testcontainers), SQLite on a named volume, Kafka port published on the network's gateway address and advertised as such; kill (SIGKILL), stop, restart on the same volume, pause/unpause, disconnect/reconnect |
+//! | [`GatewayContainer`] | the real `soilstream gateway` in a container, configuration, spool and ledger on a bind mount, `/metrics` on a loopback port; kill, stop, restart, pause, disconnect/reconnect (a partition) |
 
+pub mod docker;
 mod error;
 mod process;
 mod proxy;
 mod tansu;
 mod wait;
 
+pub use docker::{
+    DockerAvailability, DockerEngine, DockerError, DockerImage, DockerNetwork, GatewayContainer,
+    GatewayContainerConfig, TansuContainer, TansuContainerConfig, build_soilstream_image, build_tansu_image,
+};
 pub use error::FixtureError;
 pub use process::{ChildProcess, ChildSpec, Termination};
 pub use proxy::{FaultProxy, ProxyMode, ProxyStats};

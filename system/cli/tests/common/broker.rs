@@ -1,7 +1,7 @@
 //! The real broker (Tansu) and the shared checker over its raw topic.
 
 use soilstream::model::{Reading, ReadingId};
-use soilstream::transport::kafka::KafkaConsumer;
+use soilstream::transport::kafka::{KafkaClientConfig, KafkaConsumer};
 use soilstream::transport::{ConsumedRecord, LogConsumer, read_topic_to_end};
 use soilstream_containers::{FixtureError, TansuBroker, TansuConfig};
 use soilstream_scenarios::checker::{AnomalyKind, CheckOptions, CheckReport, check_topic};
@@ -48,9 +48,14 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// Every record of `topic`, read to the high watermarks seen at the start,
 /// in (partition, offset) order, and the topic's partition count.
 pub fn read_topic(broker: &TansuBroker, topic: &str) -> (Vec<ConsumedRecord>, u32) {
+    read_topic_with(&broker.client_config(), topic)
+}
+
+/// [`read_topic`] for any broker, e.g. one in a container.
+pub fn read_topic_with(config: &KafkaClientConfig, topic: &str) -> (Vec<ConsumedRecord>, u32) {
     block_on(async {
-        let mut consumer = KafkaConsumer::new(&broker.client_config(), "soilstream-e2e-checker")
-            .expect("create the checker's consumer");
+        let mut consumer =
+            KafkaConsumer::new(config, "soilstream-e2e-checker").expect("create the checker's consumer");
         let partitions = consumer.partition_count(topic).await.expect("partition count");
         let records = read_topic_to_end(&mut consumer, topic, READ_STALL_TIMEOUT_MS)
             .await
@@ -62,9 +67,13 @@ pub fn read_topic(broker: &TansuBroker, topic: &str) -> (Vec<ConsumedRecord>, u3
 /// Records in `topic` now (sum of the partitions' high watermarks; nothing
 /// is ever deleted in these suites).
 pub fn topic_record_count(broker: &TansuBroker, topic: &str) -> i64 {
+    topic_record_count_with(&broker.client_config(), topic)
+}
+
+/// [`topic_record_count`] for any broker, e.g. one in a container.
+pub fn topic_record_count_with(config: &KafkaClientConfig, topic: &str) -> i64 {
     block_on(async {
-        let consumer =
-            KafkaConsumer::new(&broker.client_config(), "soilstream-e2e-counter").expect("create a consumer");
+        let consumer = KafkaConsumer::new(config, "soilstream-e2e-counter").expect("create a consumer");
         let partitions = consumer.partition_count(topic).await.expect("partition count");
         let mut total = 0;
         for partition in 0..partitions as i32 {
