@@ -185,9 +185,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut metrics_stop = shutdown.clone();
     let metrics_server = async {
         match metrics_listener {
-            Some(listener) => serve_metrics(listener, metrics.clone(), async move { metrics_stop.wait().await })
-                .await
-                .context("metrics endpoint failed"),
+            Some(listener) => serve_metrics(
+                listener,
+                metrics.clone(),
+                async move { metrics_stop.wait().await },
+            )
+            .await
+            .context("metrics endpoint failed"),
             None => Ok(()),
         }
     };
@@ -222,7 +226,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// itself) for as long as the returned handle lives: two gateways on one
 /// spool would corrupt it.
 fn lock_spool_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating the spool directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the spool directory {}", dir.display()))?;
     let handle =
         std::fs::File::open(dir).with_context(|| format!("opening the spool directory {}", dir.display()))?;
     match handle.try_lock() {
