@@ -361,10 +361,12 @@ mod tests {
             return;
         };
         // A network and a volume as a test process killed with SIGKILL
-        // leaves them: labelled with its (now dead) pid and this host.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+        // leaves them: labelled with its pid and this host. The process is
+        // still alive while they are made and checked (the other tests of
+        // this binary create networks concurrently and would reap them at
+        // once otherwise); it dies just before the network is created.
+        let mut child = std::process::Command::new("sleep").arg("600").spawn().unwrap();
         let dead_pid = child.id();
-        child.wait().unwrap();
         let orphan = format!("{}-orphan", session_name());
         let mut labels: HashMap<String, String> = session_labels(&orphan).into_iter().collect();
         labels.insert(PID_LABEL.to_string(), dead_pid.to_string());
@@ -402,6 +404,8 @@ mod tests {
             engine.volumes_labelled(SESSION_LABEL, &orphan).unwrap(),
             vec![volume]
         );
+        child.kill().unwrap();
+        child.wait().unwrap();
         // A live session next to it is kept.
         let live = DockerNetwork::create(&engine).unwrap();
         let network = DockerNetwork::create(&engine).unwrap();
