@@ -9,53 +9,21 @@
 //! Run with `cargo bench -p soilstream-benches --bench spool`.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_main};
-use soilstream::disk::{Disk, StdDisk};
-use soilstream::model::Reading;
-use soilstream::spool::{Spool, SpoolConfig};
+use soilstream::spool::Spool;
+use soilstream_benches::{fill_spool, open_bench_spool};
 use std::hint::black_box;
-use std::rc::Rc;
 use std::time::Duration;
 
 const APPEND_RECORDS: u64 = 2_000;
 const DRAIN_RECORDS: u64 = 20_000;
 const READ_BATCH_RECORDS: usize = 256;
-const SENSORS: [&str; 8] = [
-    "probe-01", "probe-02", "probe-03", "probe-04", "probe-05", "probe-06", "probe-07", "probe-08",
-];
-
-fn reading(sensor: &str, seq: u64) -> Reading {
-    Reading {
-        gateway_id: "gw-bench".into(),
-        sensor_id: sensor.into(),
-        seq,
-        event_time_ms: 1_700_000_000_000 + seq as i64 * 60_000,
-        moisture_vwc: 0.25 + (seq % 100) as f64 / 1000.0,
-        soil_temp_c: 14.0 + (seq % 10) as f64 / 10.0,
-        bulk_ec_ds_m: Some(0.4),
-        depth_cm: 30,
-        battery_v: Some(3.6),
-    }
-}
 
 fn open(dir: &std::path::Path) -> Spool {
-    let disk: Rc<dyn Disk> = Rc::new(StdDisk);
-    let mut config = SpoolConfig::new(dir.join("spool"));
-    config.seq_reservation_block = 100_000;
-    Spool::open(disk, config).expect("spool opens").0
+    open_bench_spool(&dir.join("spool"))
 }
 
-/// Appends `count` readings round-robin over the sensors, committing every
-/// `batch` records.
 fn fill(spool: &mut Spool, count: u64, batch: u64) {
-    for i in 0..count {
-        let sensor = SENSORS[(i % SENSORS.len() as u64) as usize];
-        let seq = spool.next_seq(sensor).expect("seq");
-        spool.append(&reading(sensor, seq)).expect("append");
-        if (i + 1) % batch == 0 {
-            spool.commit().expect("commit");
-        }
-    }
-    spool.commit().expect("commit");
+    fill_spool(spool, count, batch);
 }
 
 fn append_commit(c: &mut Criterion) {

@@ -39,5 +39,5 @@ pub use docker::{
 pub use error::FixtureError;
 pub use process::{ChildProcess, ChildSpec, Termination};
 pub use proxy::{FaultProxy, ProxyMode, ProxyStats};
-pub use tansu::{TANSU_ENV, TANSU_INSTALL_HINT, TansuBroker, TansuConfig, find_tansu};
+pub use tansu::{TANSU_ENV, TANSU_INSTALL_HINT, TansuBroker, TansuConfig, TansuStorage, find_tansu};
 pub use wait::{free_loopback_port, wait_until};

@@ -47,11 +47,36 @@ const PROBE_TIMEOUT_MS: u64 = 1_000;
 /// free port between probing and the broker binding it).
 const FIRST_START_ATTEMPTS: u32 = 3;
 
+/// Where the broker keeps its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TansuStorage {
+    /// SQLite in the data directory (`sqlite://tansu.db`): each produce is
+    /// committed before its ack, so acknowledged data survives kill -9.
+    #[default]
+    Sqlite,
+    /// In memory (`memory://`): everything is lost when the process ends,
+    /// and a restart creates the topics again, empty. For benchmarks of the
+    /// clients' cost, where the SQLite engine would be what is measured.
+    Memory,
+}
+
+impl TansuStorage {
+    /// The `--storage-engine` URL.
+    pub fn engine_url(self) -> &'static str {
+        match self {
+            TansuStorage::Sqlite => "sqlite://tansu.db",
+            TansuStorage::Memory => "memory://",
+        }
+    }
+}
+
 /// How the broker fixture is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TansuConfig {
     /// Topics to create once the broker is ready: `(name, partitions)`.
     pub topics: Vec<(String, u32)>,
+    /// Where the broker keeps its log.
+    pub storage: TansuStorage,
     /// Put a [`FaultProxy`] in front of the broker and advertise its address,
     /// so every client connection goes through it.
     pub with_proxy: bool,
@@ -66,6 +91,7 @@ impl Default for TansuConfig {
     fn default() -> Self {
         Self {
             topics: Vec::new(),
+            storage: TansuStorage::Sqlite,
             with_proxy: false,
             ready_timeout_ms: 30_000,
             // Tansu 0.6.0 takes about 5 s to exit on SIGTERM while clients
@@ -79,6 +105,12 @@ impl TansuConfig {
     /// Adds a topic to create.
     pub fn topic(mut self, name: impl Into<String>, partitions: u32) -> Self {
         self.topics.push((name.into(), partitions));
+        self
+    }
+
+    /// Sets where the broker keeps its log.
+    pub fn storage(mut self, storage: TansuStorage) -> Self {
+        self.storage = storage;
         self
     }
 
@@ -203,13 +235,7 @@ impl TansuBroker {
                 Err(error) => return Err(error),
             }
         }
-        let topics: Vec<(&str, u32)> = broker
-            .config
-            .topics
-            .iter()
-            .map(|(name, partitions)| (name.as_str(), *partitions))
-            .collect();
-        broker.create_topics(&topics)?;
+        broker.create_configured_topics()?;
         tracing::info!(
             broker = %broker.broker_addr,
             bootstrap = %broker.bootstrap_servers(),
@@ -284,6 +310,17 @@ impl TansuBroker {
         self.child.as_mut().is_some_and(ChildProcess::is_running)
     }
 
+    /// Creates the topics of the configuration that do not exist yet.
+    fn create_configured_topics(&self) -> Result<(), FixtureError> {
+        let topics: Vec<(&str, u32)> = self
+            .config
+            .topics
+            .iter()
+            .map(|(name, partitions)| (name.as_str(), *partitions))
+            .collect();
+        self.create_topics(&topics)
+    }
+
     /// Creates topics (`(name, partitions)`) that do not exist yet, talking
     /// to the broker directly (not through the proxy).
     pub fn create_topics(&self, topics: &[(&str, u32)]) -> Result<(), FixtureError> {
@@ -319,7 +356,8 @@ impl TansuBroker {
 
     /// Starts the broker again on the same data directory, port and cluster
     /// id after a stop or kill, and waits until it is ready and serves the
-    /// configured topics again.
+    /// configured topics again (with [`TansuStorage::Memory`] they come back
+    /// empty: the fixture creates them again).
     pub fn restart(&mut self) -> Result<(), FixtureError> {
         if self.is_running() {
             return Err(FixtureError::State(
@@ -330,8 +368,11 @@ impl TansuBroker {
         let deadline = started + Duration::from_millis(self.config.ready_timeout_ms);
         // The port may linger briefly after a kill: retry while the broker
         // exits at once, until the readiness deadline.
+        // A memory broker comes back empty: it cannot list the topics
+        // until they are created again.
+        let durable = self.config.storage == TansuStorage::Sqlite;
         loop {
-            match self.spawn_and_wait(true) {
+            match self.spawn_and_wait(durable) {
                 Ok(()) => break,
                 Err(FixtureError::BrokerExited { status, log_tail }) if Instant::now() < deadline => {
                     tracing::warn!(%status, %log_tail, "broker exited at restart; retrying");
@@ -339,6 +380,9 @@ impl TansuBroker {
                 }
                 Err(error) => return Err(error),
             }
+        }
+        if !durable {
+            self.create_configured_topics()?;
         }
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -378,7 +422,7 @@ impl TansuBroker {
         let advertised = format!("tcp://{}", self.advertised_addr());
         let mut spec = ChildSpec::new(&self.tansu, &self.log_path)
             .current_dir(self.data_dir.path())
-            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+            .args(["broker", "--storage-engine", self.config.storage.engine_url()])
             .args(["--listener-url", listener.as_str()])
             .args(["--advertised-listener-url", advertised.as_str()])
             .args(["--cluster-id", self.cluster_id.as_str()]);

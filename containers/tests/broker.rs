@@ -8,7 +8,7 @@ use common::*;
 use futures::FutureExt;
 use soilstream::transport::kafka::{KafkaConsumer, KafkaProducer, ensure_topics};
 use soilstream::transport::{LogConsumer, LogProducer, OutboundRecord, StartOffset, partition_for_key};
-use soilstream_containers::TansuConfig;
+use soilstream_containers::{TansuConfig, TansuStorage};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -20,15 +20,7 @@ async fn acked_records_survive_kill9_and_the_same_producer_resumes_after_restart
     let config = fast_config(&broker);
     let producer = KafkaProducer::new(&config).unwrap();
     let first = readings(8, 25, 1);
-    let futures = first
-        .iter()
-        .map(|r| producer.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    let positions: Vec<_> = await_deliveries(futures, 30_000)
-        .await
-        .into_iter()
-        .map(|r| r.expect("delivered"))
-        .collect();
+    let positions = deliver_all(&producer, TOPIC, &first, 30_000).await;
     assert!(producer.stats().broker_up);
 
     let before = consume_all(&config, TOPIC, first.len(), 30_000, 300).await;
@@ -62,13 +54,7 @@ async fn acked_records_survive_kill9_and_the_same_producer_resumes_after_restart
 
     // The producer created before the crash reconnects on its own.
     let second = readings(8, 5, 26);
-    let futures = second
-        .iter()
-        .map(|r| producer.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    for result in await_deliveries(futures, 60_000).await {
-        result.expect("delivered after restart");
-    }
+    deliver_all(&producer, TOPIC, &second, 60_000).await;
     let all: Vec<_> = first.iter().chain(&second).cloned().collect();
     let records = consume_all(&config, TOPIC, all.len(), 30_000, 300).await;
     assert_exactly_once_in_order(&records, &all);
@@ -91,13 +77,7 @@ async fn sigterm_stop_and_restart_keep_data_and_port() {
     let addr = broker.broker_addr();
     let producer = KafkaProducer::new(&config).unwrap();
     let batch = readings(2, 10, 1);
-    let futures = batch
-        .iter()
-        .map(|r| producer.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    for result in await_deliveries(futures, 30_000).await {
-        result.unwrap();
-    }
+    deliver_all(&producer, TOPIC, &batch, 30_000).await;
     let termination = broker.stop().unwrap();
     eprintln!("tansu stop: {termination:?}");
     assert!(!broker.is_running());
@@ -110,6 +90,45 @@ async fn sigterm_stop_and_restart_keep_data_and_port() {
     );
     let records = consume_all(&config, TOPIC, batch.len(), 30_000, 200).await;
     assert_exactly_once_in_order(&records, &batch);
+    assert_broker_healthy(&broker);
+}
+
+/// The memory engine serves the same clients; a restart brings its topics
+/// back empty (what the storage option documents), and they take records
+/// again.
+#[tokio::test]
+async fn a_memory_broker_restarts_with_its_topics_empty() {
+    let mut broker = start_broker(
+        TansuConfig::default()
+            .topic(TOPIC, 2)
+            .storage(TansuStorage::Memory),
+    );
+    let config = fast_config(&broker);
+    let producer = KafkaProducer::new(&config).unwrap();
+    let batch = readings(2, 10, 1);
+    deliver_all(&producer, TOPIC, &batch, 30_000).await;
+    let records = consume_all(&config, TOPIC, batch.len(), 30_000, 200).await;
+    assert_exactly_once_in_order(&records, &batch);
+    assert!(
+        !broker.data_dir().join("tansu.db").exists(),
+        "the memory engine writes no database"
+    );
+
+    broker.kill9().unwrap();
+    broker.restart().unwrap();
+    let consumer = KafkaConsumer::new(&config, "memory-watermarks").unwrap();
+    for partition in 0..2 {
+        assert_eq!(
+            consumer.watermarks(TOPIC, partition).await.unwrap(),
+            (0, 0),
+            "partition {partition} after a restart of a memory broker"
+        );
+    }
+    let fresh = KafkaProducer::new(&config).unwrap();
+    let again = readings(2, 3, 1);
+    deliver_all(&fresh, TOPIC, &again, 30_000).await;
+    let records = consume_all(&config, TOPIC, again.len(), 30_000, 200).await;
+    assert_exactly_once_in_order(&records, &again);
     assert_broker_healthy(&broker);
 }
 
@@ -163,13 +182,7 @@ async fn committed_offsets_are_where_a_group_resumes() {
     let config = fast_config(&broker);
     let producer = KafkaProducer::new(&config).unwrap();
     let batch = readings(1, 10, 1);
-    let futures = batch
-        .iter()
-        .map(|r| producer.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    for result in await_deliveries(futures, 30_000).await {
-        result.unwrap();
-    }
+    deliver_all(&producer, TOPIC, &batch, 30_000).await;
     let mut consumer = KafkaConsumer::new(&config, "resume-group").unwrap();
     consumer.assign(TOPIC, &[(0, StartOffset::Committed)]).unwrap();
     let first = poll_until(&mut consumer, 1).await;

@@ -50,13 +50,7 @@ async fn cut_then_restore_delivers_everything_once_and_in_order() {
     let config = fast_config(&broker);
     let producer = KafkaProducer::new(&config).unwrap();
     let before = readings(4, 10, 1);
-    let futures = before
-        .iter()
-        .map(|r| producer.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    for result in await_deliveries(futures, 30_000).await {
-        result.unwrap();
-    }
+    deliver_all(&producer, TOPIC, &before, 30_000).await;
     assert!(proxy.stats().bytes_to_target > 0, "clients go through the proxy");
 
     proxy.cut().unwrap();
@@ -97,13 +91,7 @@ async fn blackhole_then_restore_delivers_everything_once_and_counts_retries() {
     let config = fast_config(&broker);
     let producer = KafkaProducer::new(&config).unwrap();
     let before = readings(3, 5, 1);
-    let futures = before
-        .iter()
-        .map(|r| producer.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    for result in await_deliveries(futures, 30_000).await {
-        result.unwrap();
-    }
+    deliver_all(&producer, TOPIC, &before, 30_000).await;
     let retries_before = producer.stats().request_retries;
 
     proxy.blackhole();
@@ -151,13 +139,7 @@ async fn latency_slows_delivery_without_breaking_it() {
     proxy.set_latency_ms(300, 200);
     let slow = readings(2, 5, 2);
     let started = Instant::now();
-    let futures = slow
-        .iter()
-        .map(|r| producer.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    for result in await_deliveries(futures, 30_000).await {
-        result.unwrap();
-    }
+    deliver_all(&producer, TOPIC, &slow, 30_000).await;
     let slow_ms = started.elapsed().as_millis();
     assert!(
         slow_ms >= 500,
@@ -167,13 +149,7 @@ async fn latency_slows_delivery_without_breaking_it() {
     proxy.restore();
     let fast = readings(2, 5, 7);
     let started = Instant::now();
-    let futures = fast
-        .iter()
-        .map(|r| producer.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    for result in await_deliveries(futures, 30_000).await {
-        result.unwrap();
-    }
+    deliver_all(&producer, TOPIC, &fast, 30_000).await;
     let fast_ms = started.elapsed().as_millis();
     assert!(fast_ms < 500, "acks took {fast_ms} ms after restore");
 
@@ -191,13 +167,7 @@ async fn broker_kill9_behind_the_proxy_loses_nothing_acknowledged() {
     let config = fast_config(&broker);
     let producer = KafkaProducer::new(&config).unwrap();
     let before = readings(3, 10, 1);
-    let futures = before
-        .iter()
-        .map(|r| producer.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    for result in await_deliveries(futures, 30_000).await {
-        result.unwrap();
-    }
+    deliver_all(&producer, TOPIC, &before, 30_000).await;
     broker.kill9().unwrap();
     let during = readings(3, 10, 11);
     let mut pending: Vec<_> = during
@@ -244,13 +214,7 @@ async fn infinite_message_timeout_waits_where_a_finite_one_gives_up() {
             .unwrap()
     };
     let warm = readings(2, 1, 1);
-    let futures = warm
-        .iter()
-        .map(|r| patient.enqueue(record_for(TOPIC, r)).unwrap())
-        .collect();
-    for result in await_deliveries(futures, 30_000).await {
-        result.unwrap();
-    }
+    deliver_all(&patient, TOPIC, &warm, 30_000).await;
     send_impatient(1)
         .await
         .unwrap()

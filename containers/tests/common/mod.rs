@@ -7,7 +7,8 @@ use soilstream::codec::{ReadingCodec, to_wire};
 use soilstream::model::Reading;
 use soilstream::transport::kafka::{KafkaClientConfig, KafkaConsumer};
 use soilstream::transport::{
-    ConsumedRecord, DeliveryFuture, LogConsumer, OutboundRecord, ProduceError, RecordPosition, StartOffset,
+    ConsumedRecord, DeliveryFuture, LogConsumer, LogProducer, OutboundRecord, ProduceError, RecordPosition,
+    StartOffset,
 };
 use soilstream_containers::{FixtureError, TansuBroker, TansuConfig};
 use std::collections::BTreeMap;
@@ -114,6 +115,31 @@ pub async fn await_deliveries(
     tokio::time::timeout(Duration::from_millis(timeout_ms), join_all(futures))
         .await
         .unwrap_or_else(|_| panic!("deliveries not reported within {timeout_ms} ms"))
+}
+
+/// Enqueues `readings` to `topic` and awaits every delivery report,
+/// failing the test on an error or after `timeout_ms`; returns where each
+/// record landed, in order.
+pub async fn deliver_all(
+    producer: &dyn LogProducer,
+    topic: &str,
+    readings: &[Reading],
+    timeout_ms: u64,
+) -> Vec<RecordPosition> {
+    let futures = readings
+        .iter()
+        .map(|r| {
+            producer
+                .enqueue(record_for(topic, r))
+                .unwrap_or_else(|e| panic!("enqueuing {}/{}: {e}", r.sensor_id, r.seq))
+        })
+        .collect();
+    await_deliveries(futures, timeout_ms)
+        .await
+        .into_iter()
+        .zip(readings)
+        .map(|(result, r)| result.unwrap_or_else(|e| panic!("delivering {}/{}: {e}", r.sensor_id, r.seq)))
+        .collect()
 }
 
 /// Reads every partition of `topic` from the beginning until `expected`

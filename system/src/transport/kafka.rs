@@ -282,7 +282,12 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("isolation.level", "read_uncommitted"),
     ("reconnect.backoff.ms", "100"),
     ("reconnect.backoff.max.ms", "5000"),
-    ("socket.timeout.ms", "15000"),
+    // librdkafka's default. Tansu 0.6.0 (SQLite) answers a fetch over a
+    // partition of records with headers in time that grows with the square
+    // of its size (about 18 s for 10 000 readings here); a fetch cut off by
+    // this timeout is resent from the same offset, so a shorter one would
+    // never get past such a partition. Raise it for bigger partitions.
+    ("socket.timeout.ms", "60000"),
     ("socket.connection.setup.timeout.ms", "10000"),
     ("socket.keepalive.enable", "true"),
 ];

@@ -221,8 +221,19 @@ pub async fn read_topic_to_end(
         if batch.is_empty() {
             waited_ms += POLL_MS;
             if waited_ms >= stall_timeout_ms {
+                let progress: Vec<String> = targets
+                    .iter()
+                    .filter(|(_, high)| *high > 0)
+                    .map(|(p, high)| {
+                        format!(
+                            "partition {p} at {} of {high}",
+                            next_offset.get(p).copied().unwrap_or(0)
+                        )
+                    })
+                    .collect();
                 return Err(ConsumeError::Unavailable(format!(
-                    "reading `{topic}` to its end made no progress for {stall_timeout_ms} ms"
+                    "reading `{topic}` to its end made no progress for {stall_timeout_ms} ms ({})",
+                    progress.join(", ")
                 )));
             }
             continue;
