@@ -127,7 +127,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let _spool_lock = lock_spool_dir(&config.spool.dir)?;
+    // Two gateways on one spool would corrupt it.
+    let _spool_lock = crate::args::lock_dir(
+        &config.spool.dir,
+        "spool directory",
+        "stop the other gateway or use another --spool-dir",
+    )?;
     let metrics = GatewayMetrics::new();
     let (trigger, shutdown) = Shutdown::new();
     let trigger = Rc::new(trigger);
@@ -220,24 +225,4 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     metrics_result?;
     signal_result?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Takes an exclusive lock on the spool directory (flock on the directory
-/// itself) for as long as the returned handle lives: two gateways on one
-/// spool would corrupt it.
-fn lock_spool_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating the spool directory {}", dir.display()))?;
-    let handle =
-        std::fs::File::open(dir).with_context(|| format!("opening the spool directory {}", dir.display()))?;
-    match handle.try_lock() {
-        Ok(()) => Ok(handle),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "the spool directory {} is in use by another gateway process; stop it or use another --spool-dir",
-            dir.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking the spool directory {}", dir.display()))
-        }
-    }
 }

@@ -70,6 +70,12 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         request_body_max_bytes: args.max_request_bytes,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
     };
+    // Two servers appending to one log would hand out the same ids.
+    let _data_lock = crate::args::lock_dir(
+        &args.data,
+        "registry data directory",
+        "stop the other registry or use another --data",
+    )?;
     let (router, report) = open_router(StdDisk, &args.data, store_limits, api_limits)
         .with_context(|| format!("opening the registry store in {}", args.data.display()))?;
     tracing::info!(

@@ -1,6 +1,6 @@
 //! The real `soilstream registry serve` process: durability across kill -9,
 //! ids never reused, clean shutdown on SIGTERM and Ctrl-C, refusal to start
-//! on a damaged log.
+//! on a damaged log or on a data directory another server holds.
 
 mod common;
 
@@ -208,14 +208,44 @@ fn a_damaged_log_is_reported_and_the_registry_does_not_start() {
     // Flip a bit inside the first record; three more follow it.
     bytes[LOG_HEADER.len() + FRAME_HEADER_BYTES + 2] ^= 0x04;
     std::fs::write(&path, &bytes).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_soilstream"))
-        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_refused(&data);
     assert!(stderr.contains("is damaged at byte"), "{stderr}");
     assert!(stderr.contains("Refusing to start"), "{stderr}");
+}
+
+/// Runs `registry serve` on `data`, expecting it to refuse to start; returns
+/// its stderr.
+fn serve_refused(data: &std::path::Path) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_soilstream"))
+        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
     assert!(output.stdout.is_empty(), "it must not claim to listen");
+    stderr
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_second_server_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("registry.stderr");
+    let registry = RegistryProcess::start(&data, &log);
+    assert_eq!(
+        registry.client().register("s", SOIL_READING_SCHEMA_V1).await,
+        Ok(1)
+    );
+    let stderr = serve_refused(&data);
+    assert!(
+        stderr.contains("is in use by another process; stop the other registry or use another --data"),
+        "{stderr}"
+    );
+    // The first server is unharmed.
+    assert_eq!(
+        registry.client().register("t", SOIL_READING_SCHEMA_V1).await,
+        Ok(1)
+    );
+    registry.kill_9();
 }
