@@ -22,8 +22,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use soilstream::backfill::{
     BackfillError, BackfillOptions, BackfillProgress, BackfillSummary, DEFAULT_CHECKPOINT_EVERY_ROWS,
-    DEFAULT_FUTURE_TOLERANCE_MS, DEFAULT_MAX_IN_FLIGHT_ROWS, DEFAULT_TOPIC, LogProgress, ProgressSnapshot,
-    run_backfill,
+    DEFAULT_FUTURE_TOLERANCE_MS, DEFAULT_MAX_IN_FLIGHT_ROWS, DEFAULT_REGISTRY_WAIT_MS, DEFAULT_TOPIC,
+    LogProgress, ProgressSnapshot, run_backfill,
 };
 use soilstream::clock::SystemClock;
 use soilstream::registry::{
@@ -91,6 +91,10 @@ pub struct Args {
     /// Warn about event times more than this far ahead of the clock.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_FUTURE_TOLERANCE_MS)]
     future_tolerance_ms: i64,
+    /// Keep retrying an unavailable schema registry this long before
+    /// failing.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_REGISTRY_WAIT_MS)]
+    registry_wait_ms: u64,
     /// Save the checkpoint after this many newly acknowledged rows.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CHECKPOINT_EVERY_ROWS)]
     checkpoint_every: u64,
@@ -121,6 +125,7 @@ impl Args {
         options.checkpoint_every_rows = self.checkpoint_every;
         options.retention_ms = self.retention_ms;
         options.future_tolerance_ms = self.future_tolerance_ms;
+        options.registry_wait_ms = self.registry_wait_ms;
         options
     }
 }

@@ -85,6 +85,10 @@ pub const DEFAULT_FUTURE_TOLERANCE_MS: i64 = 5 * 60 * 1000;
 /// Default number of delivery attempts per row before the run fails.
 pub const DEFAULT_MAX_DELIVERY_ATTEMPTS: u32 = 10;
 
+/// Default time the run waits for an unavailable schema registry before it
+/// fails, in ms (a registry restart or a short outage passes unnoticed).
+pub const DEFAULT_REGISTRY_WAIT_MS: u64 = 10 * 60 * 1000;
+
 /// Longest accepted topic name (Kafka's limit).
 const TOPIC_MAX_CHARS: usize = 249;
 
@@ -120,6 +124,9 @@ pub struct BackfillOptions {
     pub future_tolerance_ms: i64,
     /// Delivery attempts per row before the run fails.
     pub max_delivery_attempts: u32,
+    /// How long to keep retrying an unavailable schema registry at start
+    /// before the run fails, in ms.
+    pub registry_wait_ms: u64,
 }
 
 impl BackfillOptions {
@@ -140,6 +147,7 @@ impl BackfillOptions {
             retention_ms: None,
             future_tolerance_ms: DEFAULT_FUTURE_TOLERANCE_MS,
             max_delivery_attempts: DEFAULT_MAX_DELIVERY_ATTEMPTS,
+            registry_wait_ms: DEFAULT_REGISTRY_WAIT_MS,
         }
     }
 

@@ -31,8 +31,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use tokio::time::{Duration, Instant};
 
-/// Registration attempts while the registry is unavailable.
-const REGISTRY_MAX_ATTEMPTS: u32 = 8;
 /// First wait between registration attempts; doubles up to the maximum.
 const REGISTRY_FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between registration attempts.
@@ -113,7 +111,7 @@ pub async fn run_backfill(
             "resuming from checkpoint"
         );
     }
-    let schema_id = register_schema(registry, &options.topic).await?;
+    let schema_id = register_schema(registry, &options.topic, options.registry_wait_ms).await?;
     let reader = files.open_log()?;
     let mut run = Run::new(
         options,
@@ -133,18 +131,36 @@ pub async fn run_backfill(
     result
 }
 
-async fn register_schema(registry: &dyn SchemaRegistry, topic: &str) -> Result<u32, BackfillError> {
+async fn register_schema(
+    registry: &dyn SchemaRegistry,
+    topic: &str,
+    wait_ms: u64,
+) -> Result<u32, BackfillError> {
     let subject = value_subject(topic);
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
     let mut backoff = REGISTRY_FIRST_BACKOFF;
-    let mut attempt = 1;
+    let mut attempt: u32 = 1;
     loop {
         match registry.register(&subject, SOIL_READING_SCHEMA_V1).await {
             Ok(id) => return Ok(id),
-            Err(RegistryError::Unavailable(reason)) if attempt < REGISTRY_MAX_ATTEMPTS => {
-                tracing::warn!(%subject, attempt, %reason, "schema registry unavailable; retrying");
-                tokio::time::sleep(backoff).await;
+            Err(RegistryError::Unavailable(reason)) if Instant::now() < deadline => {
+                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                tracing::warn!(
+                    %subject,
+                    attempt,
+                    %reason,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "schema registry unavailable; retrying"
+                );
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(REGISTRY_MAX_BACKOFF);
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
+            }
+            Err(RegistryError::Unavailable(reason)) => {
+                return Err(BackfillError::Registry(RegistryError::Unavailable(format!(
+                    "{reason} (retried for {wait_ms} ms over {attempt} attempts; \
+                     --registry-wait-ms waits longer)"
+                ))));
             }
             Err(e) => return Err(e.into()),
         }

@@ -859,6 +859,8 @@ async fn registry_outages_are_retried() {
     };
     let mut restart = options;
     restart.restart = true;
+    restart.registry_wait_ms = 90_000;
+    let started = Instant::now();
     let error = run_backfill(
         restart,
         Rc::new(StdDisk),
@@ -873,6 +875,12 @@ async fn registry_outages_are_retried() {
         matches!(error, BackfillError::Registry(RegistryError::Unavailable(_))),
         "{error}"
     );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(90_000) && waited < Duration::from_millis(91_000),
+        "gave up after {waited:?}, not after the 90 s asked for"
+    );
+    assert!(error.to_string().contains("--registry-wait-ms"), "{error}");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
