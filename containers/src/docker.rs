@@ -89,6 +89,7 @@
 //! the fixtures work from plain `#[test]`s and inside other runtimes.
 
 mod gateway;
+mod handle;
 mod image;
 mod network;
 mod tansu;

@@ -2,19 +2,15 @@
 //! configuration, spool and ledger in a host directory bind-mounted at
 //! `/gw`.
 
-use super::{
-    Container, ContainerLogs, DockerError, DockerImage, DockerNetwork, block_on, container_status,
-    log_tail_for_error, remove_container, start_container, wait_until_stopped,
-};
+use super::handle::ContainerHandle;
+use super::{ContainerLogs, DockerError, DockerImage, DockerNetwork, start_container};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testcontainers::bollard::models::PortBinding;
-use testcontainers::bollard::query_parameters::KillContainerOptionsBuilder;
 use testcontainers::core::{IntoContainerPort, Mount};
 use testcontainers::{GenericImage, ImageExt};
 
@@ -29,9 +25,6 @@ const SCRAPE_TIMEOUT_MS: u64 = 2_000;
 
 /// Interval between two readiness checks, in ms.
 const READY_POLL_INTERVAL_MS: u64 = 100;
-
-/// How long a killed container may take to be reported stopped, in ms.
-const KILL_TIMEOUT_MS: u64 = 10_000;
 
 /// Exit code of a process ended by SIGKILL (128 + 9).
 const SIGKILL_EXIT_CODE: i64 = 137;
@@ -99,11 +92,9 @@ pub struct GatewayExit {
 ///
 /// Dropping it removes the container and the directory.
 pub struct GatewayContainer {
-    network: DockerNetwork,
-    name: String,
+    handle: ContainerHandle,
     metrics_addr: SocketAddr,
     config: GatewayContainerConfig,
-    container: Option<Arc<Container>>,
     // Declared last: removed after the container (fields drop in order).
     dir: tempfile::TempDir,
 }
@@ -111,9 +102,9 @@ pub struct GatewayContainer {
 impl std::fmt::Debug for GatewayContainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayContainer")
-            .field("name", &self.name)
+            .field("name", &self.handle.name())
             .field("image", &self.config.image.reference())
-            .field("network", &self.network.name())
+            .field("network", &self.handle.network().name())
             .field("dir", &self.dir.path())
             .field("metrics_addr", &self.metrics_addr)
             .finish()
@@ -141,11 +132,9 @@ impl GatewayContainer {
             .ok_or_else(|| DockerError::State(format!("{} is not UTF-8", dir.path().display())))?
             .to_string();
         let mut gateway = Self {
-            network: network.clone(),
-            name: network.container_name("gateway"),
+            handle: ContainerHandle::new(network, network.container_name("gateway"), "gateway"),
             metrics_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             config,
-            container: None,
             dir,
         };
         let mut args: Vec<String> = [
@@ -167,20 +156,20 @@ impl GatewayContainer {
         args.extend(gateway.config.extra_args.iter().cloned());
         let (container, port) = start_container(
             &engine,
-            &gateway.name,
+            gateway.handle.name(),
             &gateway.config.image,
             || crate::free_loopback_port().map_err(DockerError::from),
             |port| {
                 GenericImage::new(gateway.config.image.repository(), gateway.config.image.tag())
                     .with_exposed_port(METRICS_PORT.tcp())
                     .with_cmd(args.iter().map(String::as_str))
-                    .with_container_name(gateway.name.as_str())
-                    .with_network(gateway.network.name())
+                    .with_container_name(gateway.handle.name())
+                    .with_network(gateway.handle.network().name())
                     .with_mount(Mount::bind_mount(host_dir.as_str(), MOUNT_DIR))
                     .with_working_dir(MOUNT_DIR)
                     .with_user(user.as_str())
                     .with_env_var("SOILSTREAM_LOG", gateway.config.log_filter.as_str())
-                    .with_labels(gateway.network.labels())
+                    .with_labels(gateway.handle.network().labels())
                     .with_startup_timeout(Duration::from_millis(gateway.config.ready_timeout_ms))
                     .with_host_config_modifier(move |host| {
                         // Loopback only.
@@ -195,11 +184,11 @@ impl GatewayContainer {
                     })
             },
         )?;
-        gateway.container = Some(container);
+        gateway.handle.started(container);
         gateway.metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         gateway.wait_ready()?;
         tracing::info!(
-            container = %gateway.name,
+            container = %gateway.handle.name(),
             metrics = %gateway.metrics_addr,
             dir = %gateway.dir.path().display(),
             "gateway container ready"
@@ -209,7 +198,7 @@ impl GatewayContainer {
 
     /// The container's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.handle.name()
     }
 
     /// The host directory mounted at `/gw`.
@@ -234,15 +223,13 @@ impl GatewayContainer {
 
     /// A handle reading the gateway's logs.
     pub fn logs(&self) -> ContainerLogs {
-        ContainerLogs::new(self.network.engine().client(), self.name.clone())
+        self.handle.logs()
     }
 
     /// The last `lines` lines of the gateway's log (every run), or why they
     /// cannot be read.
     pub fn log_tail(&self, lines: usize) -> String {
-        self.logs()
-            .tail(lines)
-            .unwrap_or_else(|e| format!("<cannot read the logs of {}: {e}>", self.name))
+        self.handle.log_tail(lines)
     }
 
     /// One `GET /metrics`: the OpenMetrics text.
@@ -252,51 +239,25 @@ impl GatewayContainer {
 
     /// Whether the gateway's container runs.
     pub fn is_running(&self) -> Result<bool, DockerError> {
-        let docker = self.network.engine().client();
-        let name = self.name.clone();
-        block_on(async move { Ok(container_status(&docker, &name).await?.running) })
+        self.handle.is_running()
     }
 
     /// SIGKILL: no chance to flush, persist or say goodbye. The container
     /// and its directory stay for [`restart`](Self::restart).
     pub fn kill(&self) -> Result<(), DockerError> {
-        let docker = self.network.engine().client();
-        let name = self.name.clone();
-        block_on(async move {
-            docker
-                .kill_container(
-                    &name,
-                    Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build()),
-                )
-                .await
-                .map_err(|e| DockerError::api(format!("killing {name}"), e))?;
-            wait_until_stopped(&docker, &name, KILL_TIMEOUT_MS).await?;
-            Ok(())
-        })?;
-        tracing::info!(container = %self.name, "gateway container killed (SIGKILL)");
-        Ok(())
+        self.handle.kill()
     }
 
     /// SIGTERM, then SIGKILL if the gateway has not exited after
     /// `timeout_s` seconds; reports how it ended.
     pub fn stop(&self, timeout_s: u32) -> Result<GatewayExit, DockerError> {
-        let container = self.container()?;
-        let docker = self.network.engine().client();
-        let name = self.name.clone();
-        let timeout = i32::try_from(timeout_s).unwrap_or(i32::MAX);
         let started = Instant::now();
-        let status = block_on(async move {
-            container
-                .stop_with_timeout(Some(timeout))
-                .await
-                .map_err(|e| DockerError::Testcontainers {
-                    what: "stopping the gateway".into(),
-                    source: e,
-                })?;
-            wait_until_stopped(&docker, &name, KILL_TIMEOUT_MS).await
-        })?;
+        let status = self.handle.stop(timeout_s)?;
         let exit_code = status.exit_code.ok_or_else(|| {
-            DockerError::Unexpected(format!("{} stopped without an exit code ({status})", self.name))
+            DockerError::Unexpected(format!(
+                "{} stopped without an exit code ({status})",
+                self.handle.name()
+            ))
         })?;
         Ok(GatewayExit {
             exit_code,
@@ -308,115 +269,45 @@ impl GatewayContainer {
     /// Starts the same container again (same configuration, spool, ledger
     /// and ports) after it exited or was killed; waits for `/metrics`.
     pub fn restart(&self) -> Result<(), DockerError> {
-        if self.is_running()? {
-            return Err(DockerError::State(format!(
-                "{} runs; kill or stop it before restarting",
-                self.name
-            )));
-        }
-        let container = self.container()?;
-        block_on(async move {
-            container.start().await.map_err(|e| DockerError::Testcontainers {
-                what: "starting the gateway again".into(),
-                source: e,
-            })
-        })?;
+        self.handle.start_again()?;
         self.wait_ready()
     }
 
     /// Freezes the gateway (cgroup freezer).
     pub fn pause(&self) -> Result<(), DockerError> {
-        let container = self.container()?;
-        block_on(async move {
-            container.pause().await.map_err(|e| DockerError::Testcontainers {
-                what: "pausing the gateway".into(),
-                source: e,
-            })
-        })
+        self.handle.pause()
     }
 
     /// Thaws a paused gateway.
     pub fn unpause(&self) -> Result<(), DockerError> {
-        let container = self.container()?;
-        block_on(async move {
-            container
-                .unpause()
-                .await
-                .map_err(|e| DockerError::Testcontainers {
-                    what: "unpausing the gateway".into(),
-                    source: e,
-                })
-        })
+        self.handle.unpause()
     }
 
     /// Cuts the gateway off the network (a partition): it keeps running and
     /// sampling, but no packet reaches the broker (nor its metrics port the
     /// host) until [`reconnect`](Self::reconnect).
     pub fn disconnect(&self) -> Result<(), DockerError> {
-        self.network.disconnect(&self.name)?;
-        tracing::info!(container = %self.name, "gateway container disconnected from the network");
-        Ok(())
+        self.handle.disconnect()
     }
 
     /// Connects the gateway to the network again.
     pub fn reconnect(&self) -> Result<(), DockerError> {
-        self.network.connect(&self.name)?;
-        tracing::info!(container = %self.name, "gateway container reconnected to the network");
-        Ok(())
+        self.handle.reconnect()
     }
 
     /// Waits until `/metrics` answers from the host; fails at once if the
     /// container exits.
     fn wait_ready(&self) -> Result<(), DockerError> {
-        let docker = self.network.engine().client();
-        let timeout_ms = self.config.ready_timeout_ms;
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        loop {
-            let name = self.name.clone();
-            let client = docker.clone();
-            let status = block_on(async move { container_status(&client, &name).await })?;
-            if !status.running {
-                let name = self.name.clone();
-                let client = docker.clone();
-                let log_tail = block_on(async move { Ok(log_tail_for_error(&client, &name).await) })?;
-                return Err(DockerError::Exited {
-                    container: self.name.clone(),
-                    status: status.to_string(),
-                    log_tail,
-                });
-            }
-            if scrape(self.metrics_addr).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(DockerError::Timeout {
-                    what: format!("{} to serve /metrics on {}", self.name, self.metrics_addr),
-                    timeout_ms,
-                    log_tail: self.log_tail(super::LOG_TAIL_LINES),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(READY_POLL_INTERVAL_MS));
-        }
-    }
-
-    fn container(&self) -> Result<Arc<Container>, DockerError> {
-        self.container
-            .clone()
-            .ok_or_else(|| DockerError::State(format!("{} was never started", self.name)))
-    }
-}
-
-impl Drop for GatewayContainer {
-    fn drop(&mut self) {
-        let engine = self.network.engine().clone();
-        match self.container.take() {
-            Some(container) => remove_container(&engine, &self.name, container),
-            None => {
-                if let Err(error) = super::remove_container_by_name(&engine, &self.name) {
-                    tracing::warn!(container = %self.name, %error, "removing the gateway container");
-                }
-            }
-        }
+        self.handle.wait_until(
+            &format!(
+                "{} to serve /metrics on {}",
+                self.handle.name(),
+                self.metrics_addr
+            ),
+            self.config.ready_timeout_ms,
+            READY_POLL_INTERVAL_MS,
+            || scrape(self.metrics_addr).is_ok(),
+        )
     }
 }
 

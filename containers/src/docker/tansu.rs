@@ -1,19 +1,16 @@
 //! Tansu 0.6.0 in a container on a test's network, its SQLite database on a
 //! named volume.
 
+use super::handle::ContainerHandle;
 use super::image::build_tansu_image;
-use super::{
-    Container, ContainerLogs, DockerError, DockerImage, DockerNetwork, block_on, container_status,
-    log_tail_for_error, remove_container, start_container, wait_until_stopped,
-};
+use super::{ContainerLogs, DockerError, DockerImage, DockerNetwork, block_on, start_container};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use soilstream::transport::kafka::{KafkaClientConfig, ensure_topics};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testcontainers::bollard::models::{PortBinding, VolumeCreateRequest};
-use testcontainers::bollard::query_parameters::{KillContainerOptionsBuilder, RemoveVolumeOptionsBuilder};
+use testcontainers::bollard::query_parameters::RemoveVolumeOptionsBuilder;
 use testcontainers::core::{IntoContainerPort, Mount};
 use testcontainers::{GenericImage, ImageExt};
 
@@ -28,9 +25,6 @@ const PROBE_TIMEOUT_MS: u64 = 1_000;
 
 /// Interval between two readiness probes, in ms.
 const PROBE_INTERVAL_MS: u64 = 100;
-
-/// How long a killed container may take to be reported stopped, in ms.
-const KILL_TIMEOUT_MS: u64 = 10_000;
 
 /// Environment variable whose value, if set, becomes the broker's `RUST_LOG`.
 const TANSU_LOG_ENV: &str = "SOILSTREAM_TANSU_LOG";
@@ -83,21 +77,19 @@ impl TansuContainerConfig {
 ///
 /// Dropping it removes the container and its data volume.
 pub struct TansuContainer {
-    network: DockerNetwork,
+    handle: ContainerHandle,
     image: DockerImage,
-    name: String,
     volume: String,
     host_port: u16,
     config: TansuContainerConfig,
-    container: Option<Arc<Container>>,
 }
 
 impl std::fmt::Debug for TansuContainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TansuContainer")
-            .field("name", &self.name)
+            .field("name", &self.handle.name())
             .field("image", &self.image.reference())
-            .field("network", &self.network.name())
+            .field("network", &self.handle.network().name())
             .field("bootstrap_servers", &self.bootstrap_servers())
             .field("volume", &self.volume)
             .finish()
@@ -117,13 +109,11 @@ impl TansuContainer {
         let volume = format!("{name}-data");
         create_volume(network, &volume)?;
         let mut broker = Self {
-            network: network.clone(),
+            handle: ContainerHandle::new(network, name, "broker"),
             image,
-            name,
             volume,
             host_port: 0,
             config,
-            container: None,
         };
         // From here on, dropping `broker` removes what exists of it.
         let gateway_ip = network.gateway_ip();
@@ -131,9 +121,9 @@ impl TansuContainer {
         let log_level = std::env::var(TANSU_LOG_ENV).ok();
         let (container, host_port) = start_container(
             &engine,
-            &broker.name,
+            broker.handle.name(),
             &broker.image,
-            || broker.network.free_gateway_port(),
+            || broker.handle.network().free_gateway_port(),
             |port| {
                 let advertised = format!("tcp://{gateway_ip}:{port}");
                 let listener = format!("tcp://0.0.0.0:{KAFKA_PORT}");
@@ -151,11 +141,11 @@ impl TansuContainer {
                         "--cluster-id",
                         cluster_id.as_str(),
                     ])
-                    .with_container_name(broker.name.as_str())
-                    .with_network(broker.network.name())
+                    .with_container_name(broker.handle.name())
+                    .with_network(broker.handle.network().name())
                     .with_mount(Mount::volume_mount(broker.volume.as_str(), DATA_DIR))
                     .with_working_dir(DATA_DIR)
-                    .with_labels(broker.network.labels())
+                    .with_labels(broker.handle.network().labels())
                     .with_startup_timeout(Duration::from_millis(broker.config.ready_timeout_ms))
                     .with_host_config_modifier(move |host| {
                         // Published on the test network's gateway address
@@ -175,7 +165,7 @@ impl TansuContainer {
                 request
             },
         )?;
-        broker.container = Some(container);
+        broker.handle.started(container);
         broker.host_port = host_port;
         broker.wait_ready(false)?;
         let topics: Vec<(String, u32)> = broker.config.topics.clone();
@@ -183,7 +173,7 @@ impl TansuContainer {
         broker.create_topics(&borrowed)?;
         broker.wait_ready(true)?;
         tracing::info!(
-            container = %broker.name,
+            container = %broker.handle.name(),
             bootstrap = %broker.bootstrap_servers(),
             image = %broker.image,
             "tansu container ready"
@@ -194,7 +184,7 @@ impl TansuContainer {
     /// The address every client uses, on the host and in containers on the
     /// network alike: `<network gateway>:<published port>`.
     pub fn bootstrap_servers(&self) -> String {
-        format!("{}:{}", self.network.gateway_ip(), self.host_port)
+        format!("{}:{}", self.handle.network().gateway_ip(), self.host_port)
     }
 
     /// A client configuration pointing at
@@ -205,12 +195,12 @@ impl TansuContainer {
 
     /// The container's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.handle.name()
     }
 
     /// The container's id.
     pub fn id(&self) -> &str {
-        self.container.as_ref().map_or("", |c| c.id())
+        self.handle.id()
     }
 
     /// The image it runs.
@@ -220,7 +210,7 @@ impl TansuContainer {
 
     /// The network it is on.
     pub fn network(&self) -> &DockerNetwork {
-        &self.network
+        self.handle.network()
     }
 
     /// The named volume holding the SQLite database.
@@ -235,15 +225,13 @@ impl TansuContainer {
 
     /// A handle reading the broker's logs.
     pub fn logs(&self) -> ContainerLogs {
-        ContainerLogs::new(self.network.engine().client(), self.name.clone())
+        self.handle.logs()
     }
 
     /// The last `lines` lines of the broker's log (every run), or why they
     /// cannot be read.
     pub fn log_tail(&self, lines: usize) -> String {
-        self.logs()
-            .tail(lines)
-            .unwrap_or_else(|e| format!("<cannot read the logs of {}: {e}>", self.name))
+        self.handle.log_tail(lines)
     }
 
     /// Lines of the broker's log reporting a panic (Tansu keeps running
@@ -260,9 +248,7 @@ impl TansuContainer {
 
     /// Whether the broker's container runs (a paused one runs).
     pub fn is_running(&self) -> Result<bool, DockerError> {
-        let docker = self.network.engine().client();
-        let name = self.name.clone();
-        block_on(async move { Ok(container_status(&docker, &name).await?.running) })
+        self.handle.is_running()
     }
 
     /// Creates topics (`(name, partitions)`) that do not exist yet.
@@ -284,60 +270,24 @@ impl TansuContainer {
     /// until the engine reports it stopped. The container, its volume and
     /// its port stay for [`restart`](Self::restart).
     pub fn kill(&self) -> Result<(), DockerError> {
-        let docker = self.network.engine().client();
-        let name = self.name.clone();
-        block_on(async move {
-            docker
-                .kill_container(
-                    &name,
-                    Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build()),
-                )
-                .await
-                .map_err(|e| DockerError::api(format!("killing {name}"), e))?;
-            wait_until_stopped(&docker, &name, KILL_TIMEOUT_MS).await?;
-            Ok(())
-        })?;
-        tracing::info!(container = %self.name, "tansu container killed (SIGKILL)");
-        Ok(())
+        self.handle.kill()
     }
 
     /// Stops the broker: SIGTERM, then SIGKILL after the configured
     /// `stop_timeout_s`.
     pub fn stop(&self) -> Result<(), DockerError> {
-        let container = self.container()?;
-        let timeout = i32::try_from(self.config.stop_timeout_s).unwrap_or(i32::MAX);
-        block_on(async move {
-            container
-                .stop_with_timeout(Some(timeout))
-                .await
-                .map_err(|e| DockerError::Testcontainers {
-                    what: "stopping the broker".into(),
-                    source: e,
-                })
-        })
+        self.handle.stop(self.config.stop_timeout_s).map(drop)
     }
 
     /// Starts the same container again after a kill or stop: same volume
     /// (same data), same published port, same network; waits until it
     /// answers and lists the configured topics.
     pub fn restart(&self) -> Result<(), DockerError> {
-        if self.is_running()? {
-            return Err(DockerError::State(format!(
-                "{} runs; kill or stop it before restarting",
-                self.name
-            )));
-        }
         let started = Instant::now();
-        let container = self.container()?;
-        block_on(async move {
-            container.start().await.map_err(|e| DockerError::Testcontainers {
-                what: "starting the broker again".into(),
-                source: e,
-            })
-        })?;
+        self.handle.start_again()?;
         self.wait_ready(true)?;
         tracing::info!(
-            container = %self.name,
+            container = %self.handle.name(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "tansu container restarted"
         );
@@ -347,43 +297,24 @@ impl TansuContainer {
     /// Freezes the broker (cgroup freezer): connections stay open, nothing
     /// is answered.
     pub fn pause(&self) -> Result<(), DockerError> {
-        let container = self.container()?;
-        block_on(async move {
-            container.pause().await.map_err(|e| DockerError::Testcontainers {
-                what: "pausing the broker".into(),
-                source: e,
-            })
-        })
+        self.handle.pause()
     }
 
     /// Thaws a paused broker.
     pub fn unpause(&self) -> Result<(), DockerError> {
-        let container = self.container()?;
-        block_on(async move {
-            container
-                .unpause()
-                .await
-                .map_err(|e| DockerError::Testcontainers {
-                    what: "unpausing the broker".into(),
-                    source: e,
-                })
-        })
+        self.handle.unpause()
     }
 
     /// Cuts the broker off the network: neither the host nor any container
     /// reaches it until [`reconnect`](Self::reconnect).
     pub fn disconnect(&self) -> Result<(), DockerError> {
-        self.network.disconnect(&self.name)?;
-        tracing::info!(container = %self.name, "tansu container disconnected from the network");
-        Ok(())
+        self.handle.disconnect()
     }
 
     /// Connects the broker to the network again; its published port (and so
     /// its advertised address) is the same as before.
     pub fn reconnect(&self) -> Result<(), DockerError> {
-        self.network.connect(&self.name)?;
-        tracing::info!(container = %self.name, "tansu container reconnected to the network");
-        Ok(())
+        self.handle.reconnect()
     }
 
     /// Waits until the broker answers a metadata request from the host (and,
@@ -400,59 +331,28 @@ impl TansuContainer {
             .set("reconnect.backoff.max.ms", "200")
             .create()
             .map_err(|e| DockerError::Kafka(format!("creating the readiness probe: {e}")))?;
-        let docker = self.network.engine().client();
-        let timeout_ms = self.config.ready_timeout_ms;
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        loop {
-            let name = self.name.clone();
-            let client = docker.clone();
-            let status = block_on(async move { container_status(&client, &name).await })?;
-            if !status.running {
-                let name = self.name.clone();
-                let client = docker.clone();
-                let log_tail = block_on(async move { Ok(log_tail_for_error(&client, &name).await) })?;
-                return Err(DockerError::Exited {
-                    container: self.name.clone(),
-                    status: status.to_string(),
-                    log_tail,
-                });
-            }
-            if let Ok(metadata) = probe.fetch_metadata(None, Duration::from_millis(PROBE_TIMEOUT_MS)) {
-                let listed = |name: &String| metadata.topics().iter().any(|t| t.name() == name);
-                if expected.iter().all(listed) {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(DockerError::Timeout {
-                    what: format!("{} to answer on {}", self.name, self.bootstrap_servers()),
-                    timeout_ms,
-                    log_tail: self.log_tail(super::LOG_TAIL_LINES),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(PROBE_INTERVAL_MS));
-        }
-    }
-
-    fn container(&self) -> Result<Arc<Container>, DockerError> {
-        self.container
-            .clone()
-            .ok_or_else(|| DockerError::State(format!("{} was never started", self.name)))
+        self.handle.wait_until(
+            &format!("{} to answer on {}", self.handle.name(), self.bootstrap_servers()),
+            self.config.ready_timeout_ms,
+            PROBE_INTERVAL_MS,
+            || {
+                probe
+                    .fetch_metadata(None, Duration::from_millis(PROBE_TIMEOUT_MS))
+                    .is_ok_and(|metadata| {
+                        expected
+                            .iter()
+                            .all(|name| metadata.topics().iter().any(|t| t.name() == name))
+                    })
+            },
+        )
     }
 }
 
 impl Drop for TansuContainer {
     fn drop(&mut self) {
-        let engine = self.network.engine().clone();
-        match self.container.take() {
-            Some(container) => remove_container(&engine, &self.name, container),
-            None => {
-                if let Err(error) = super::remove_container_by_name(&engine, &self.name) {
-                    tracing::warn!(container = %self.name, %error, "removing the broker container");
-                }
-            }
-        }
-        let docker = engine.client();
+        // The container first: its volume cannot go while it is in use.
+        self.handle.remove();
+        let docker = self.handle.network().engine().client();
         let volume = self.volume.clone();
         let removed = block_on(async move {
             match docker
