@@ -18,7 +18,7 @@ use common::broker::{
     RAW_PARTITIONS, RAW_TOPIC, assert_every_durable_reading_delivered, check_raw, first_copies, load_ledger,
     print_duplicates, read_topic_with, topic_record_count_with,
 };
-use common::gateway::{GatewaySpec, Metrics, SOILSTREAM};
+use common::gateway::{DRAIN_TIMEOUT_MS, GatewaySpec, Metrics, SECONDS_MS, SOILSTREAM, now_ms};
 use soilstream_containers::docker::ContainerLogs;
 use soilstream_containers::{
     DockerAvailability, DockerNetwork, GatewayContainer, GatewayContainerConfig, TansuContainer,
@@ -26,28 +26,13 @@ use soilstream_containers::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Generous bound for anything that should take a few seconds, in ms.
-const SECONDS_MS: u64 = 30_000;
-
-/// Bound for a backlog to drain after the faults healed, in ms.
-const DRAIN_TIMEOUT_MS: u64 = 60_000;
+use std::time::{Duration, Instant};
 
 /// Interval between two checks of the ledger or the metrics, in ms.
 const POLL_INTERVAL_MS: u64 = 50;
 
 /// Lines of each container's log printed when the test fails.
 const FAILURE_LOG_LINES: usize = 150;
-
-/// Wall-clock time in ms since the Unix epoch: the clock the gateway in its
-/// container stamps event times with (same kernel).
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as i64
-}
 
 /// Prints the containers' logs when the test fails. Declared after the
 /// fixtures, so it prints before they are removed.

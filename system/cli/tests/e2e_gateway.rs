@@ -15,7 +15,7 @@ use common::broker::{
     RAW_TOPIC, assert_every_durable_reading_delivered, check_raw, first_copies, load_ledger,
     print_duplicates, read_topic, start_raw_broker,
 };
-use common::gateway::{Gateway, GatewaySpec, SOILSTREAM};
+use common::gateway::{DRAIN_TIMEOUT_MS, Gateway, GatewaySpec, SECONDS_MS, SOILSTREAM, now_ms};
 use common::logs::LogsOnFailure;
 use serde_json::Value;
 use soilstream::model::ReadingId;
@@ -24,25 +24,10 @@ use soilstream_scenarios::checker::AnomalyKind;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-/// Generous bound for anything that should take a few seconds, in ms.
-const SECONDS_MS: u64 = 30_000;
-
-/// Bound for a backlog to drain after the faults healed, in ms.
-const DRAIN_TIMEOUT_MS: u64 = 60_000;
+use std::time::Instant;
 
 /// Exit status of `soilstream spool verify` when synced data is damaged.
 const VERIFY_EXIT_DAMAGED: i32 = 3;
-
-/// Wall-clock time in ms since the Unix epoch: the clock the gateway stamps
-/// event times with (same host).
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as i64
-}
 
 /// Logs printed if the test fails.
 fn watch_logs(broker: &TansuBroker, gateway: &Gateway) -> LogsOnFailure {

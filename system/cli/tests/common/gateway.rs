@@ -15,6 +15,21 @@ use std::time::{Duration, Instant};
 /// The `soilstream` binary under test.
 pub const SOILSTREAM: &str = env!("CARGO_BIN_EXE_soilstream");
 
+/// Generous bound for anything that should take a few seconds, in ms.
+pub const SECONDS_MS: u64 = 30_000;
+
+/// Bound for a backlog to drain after the faults healed, in ms.
+pub const DRAIN_TIMEOUT_MS: u64 = 60_000;
+
+/// Wall-clock time in ms since the Unix epoch: the clock a gateway stamps
+/// event times with (same host, or same kernel for a container).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
 /// How long a gateway may take to open its spool and serve `/metrics`, in ms.
 pub const GATEWAY_START_TIMEOUT_MS: u64 = 30_000;
 
