@@ -243,15 +243,23 @@ pub fn expand(scenario: &Scenario) -> Vec<TimedAction> {
 mod tests {
     use super::*;
 
+    /// The actions of a one-gateway, one-probe world of 1 000 s whose
+    /// faults and backfills are `sections` (TOML), as `(second, action)`.
+    fn expanded(sections: &str) -> Vec<(u64, Action)> {
+        let text = format!(
+            "name = \"t\"\nduration_s = 1000\n[topology]\ngateways = 1\nsensors_per_gateway = 1\n{sections}"
+        );
+        let scenario = Scenario::parse(&text, "t").unwrap();
+        expand(&scenario)
+            .iter()
+            .map(|a| (a.at_ms / 1000, a.action.clone()))
+            .collect()
+    }
+
     #[test]
     fn reboot_loop_expands_in_order() {
-        let s = Scenario::parse(
+        let at = expanded(
             r#"
-name = "t"
-duration_s = 1000
-[topology]
-gateways = 1
-sensors_per_gateway = 1
 [[fault]]
 kind = "reboot_loop"
 gateway = 0
@@ -260,13 +268,7 @@ up_s = 10
 down_s = 20
 cycles = 2
 "#,
-            "t",
-        )
-        .unwrap();
-        let at: Vec<_> = expand(&s)
-            .iter()
-            .map(|a| (a.at_ms / 1000, a.action.clone()))
-            .collect();
+        );
         assert_eq!(
             at,
             vec![
@@ -280,13 +282,8 @@ cycles = 2
 
     #[test]
     fn registry_outages_and_backfills_expand() {
-        let s = Scenario::parse(
+        let at = expanded(
             r#"
-name = "t"
-duration_s = 1000
-[topology]
-gateways = 1
-sensors_per_gateway = 1
 [[fault]]
 kind = "registry_outage"
 at_s = 0
@@ -304,13 +301,7 @@ log_to_s = 300
 crash_after_s = 20
 down_s = 10
 "#,
-            "t",
-        )
-        .unwrap();
-        let at: Vec<_> = expand(&s)
-            .iter()
-            .map(|a| (a.at_ms / 1000, a.action.clone()))
-            .collect();
+        );
         assert_eq!(
             at,
             vec![
