@@ -575,13 +575,7 @@ async fn get_version<D: Disk + Send + 'static>(
     segments: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<Params>, QueryRejection>,
 ) -> ApiResult {
-    let (subject, version) = path(segments)?;
-    let params = params(query)?;
-    let version = VersionSpec::parse(&version)?;
-    let info = app
-        .store()?
-        .version(&subject, version, flag(&params, "deleted"))?;
-    ok_json(version_json(&info))
+    ok_json(version_json(&addressed_version(&app, segments, query)?))
 }
 
 async fn raw_version_schema<D: Disk + Send + 'static>(
@@ -589,13 +583,22 @@ async fn raw_version_schema<D: Disk + Send + 'static>(
     segments: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<Params>, QueryRejection>,
 ) -> ApiResult {
+    raw_schema(addressed_version(&app, segments, query)?.schema)
+}
+
+/// The version `/subjects/{subject}/versions/{version}` names (soft-deleted
+/// ones too with `?deleted=true`).
+fn addressed_version<D: Disk + Send + 'static>(
+    app: &Shared<D>,
+    segments: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Params>, QueryRejection>,
+) -> Result<VersionInfo, ApiError> {
     let (subject, version) = path(segments)?;
     let params = params(query)?;
     let version = VersionSpec::parse(&version)?;
-    let info = app
+    Ok(app
         .store()?
-        .version(&subject, version, flag(&params, "deleted"))?;
-    raw_schema(info.schema)
+        .version(&subject, version, flag(&params, "deleted"))?)
 }
 
 async fn referenced_by<D: Disk + Send + 'static>(
