@@ -15,7 +15,7 @@ use common::*;
 use futures::future::{MaybeDone, join_all, maybe_done};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use soilstream::transport::kafka::{KafkaClientConfig, KafkaProducer};
+use soilstream::transport::kafka::KafkaProducer;
 use soilstream::transport::{LogProducer, RecordPosition};
 use soilstream_containers::docker::SESSION_LABEL;
 use soilstream_containers::{
@@ -57,17 +57,6 @@ impl Drop for BrokerLogOnFailure<'_> {
     }
 }
 
-/// Client settings that notice a dead broker within seconds.
-fn fast(config: KafkaClientConfig) -> KafkaClientConfig {
-    config
-        .with_property("socket.timeout.ms", "3000")
-        .with_property("request.timeout.ms", "2000")
-        .with_property("socket.connection.setup.timeout.ms", "3000")
-        .with_property("reconnect.backoff.max.ms", "500")
-        .with_property("retry.backoff.max.ms", "500")
-        .with_property("statistics.interval.ms", "200")
-}
-
 /// Whether the broker answers a metadata request from the host within
 /// `timeout_ms`.
 fn answers_metadata(broker: &TansuContainer, timeout_ms: u64) -> bool {
@@ -87,17 +76,7 @@ fn produce(
     readings: &[soilstream::model::Reading],
     timeout_ms: u64,
 ) -> Vec<RecordPosition> {
-    block_on(async {
-        let futures = readings
-            .iter()
-            .map(|r| producer.enqueue(record_for(TOPIC, r)).expect("enqueue"))
-            .collect();
-        await_deliveries(futures, timeout_ms)
-            .await
-            .into_iter()
-            .map(|r| r.expect("delivered"))
-            .collect()
-    })
+    block_on(deliver_all(producer, TOPIC, readings, timeout_ms))
 }
 
 /// Runs `future` on a fresh current-thread runtime.

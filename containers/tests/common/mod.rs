@@ -50,11 +50,15 @@ pub fn init_tracing() {
     }
 }
 
+/// The broker's client settings, made [`fast`].
+pub fn fast_config(broker: &TansuBroker) -> KafkaClientConfig {
+    fast(broker.client_config())
+}
+
 /// Client settings that notice dead connections within seconds, so fault
 /// tests stay short.
-pub fn fast_config(broker: &TansuBroker) -> KafkaClientConfig {
-    broker
-        .client_config()
+pub fn fast(config: KafkaClientConfig) -> KafkaClientConfig {
+    config
         .with_property("socket.timeout.ms", "3000")
         .with_property("request.timeout.ms", "2000")
         .with_property("socket.connection.setup.timeout.ms", "3000")
