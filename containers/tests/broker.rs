@@ -154,6 +154,7 @@ async fn rdkafka_partitioner_matches_partition_for_key() {
             let record = OutboundRecord {
                 topic: format!("keys-{n}"),
                 key: key.clone(),
+                partition: None,
                 value: b"v".to_vec(),
                 timestamp_ms: 1_700_000_000_000,
                 headers: vec![],

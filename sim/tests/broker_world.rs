@@ -250,6 +250,7 @@ fn never_flushing_loses_the_acknowledged_tail_on_a_broker_crash() {
         let record = |value: &str| OutboundRecord {
             topic: TOPIC.into(),
             key: b"sensor-1".to_vec(),
+            partition: None,
             value: value.as_bytes().to_vec(),
             timestamp_ms: EPOCH_MS as i64,
             headers: vec![],
@@ -312,6 +313,7 @@ fn committed_group_offsets_survive_a_broker_restart() {
             let record = OutboundRecord {
                 topic: TOPIC.into(),
                 key: key_of(3),
+                partition: None,
                 value: value_of((3, seq)),
                 timestamp_ms: EPOCH_MS as i64,
                 headers: vec![],

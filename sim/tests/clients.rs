@@ -14,6 +14,7 @@ fn record(topic: &str, value_bytes: usize) -> OutboundRecord {
     OutboundRecord {
         topic: topic.into(),
         key: b"sensor-1".to_vec(),
+        partition: None,
         value: vec![7; value_bytes],
         timestamp_ms: EPOCH_MS as i64,
         headers: vec![],

@@ -18,6 +18,7 @@
 pub mod backfill;
 pub mod clock;
 pub mod codec;
+pub mod component;
 pub mod decode;
 pub mod disk;
 pub mod gateway;

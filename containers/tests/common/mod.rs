@@ -90,6 +90,7 @@ pub fn record_for(topic: &str, reading: &Reading) -> OutboundRecord {
     OutboundRecord {
         topic: topic.into(),
         key: reading.sensor_id.clone().into_bytes(),
+        partition: None,
         value: to_wire(SCHEMA_ID, &body),
         timestamp_ms: reading.event_time_ms,
         headers: vec![

@@ -123,6 +123,8 @@ type Reply = oneshot::Sender<Result<RecordPosition, ProduceError>>;
 
 struct Pending {
     topic: String,
+    /// Explicit partition, else the key's.
+    partition: Option<i32>,
     record: WireRecord,
     size_bytes: usize,
     reply: Reply,
@@ -220,9 +222,13 @@ impl LogProducer for SimProducer {
         if shared.unacked >= self.config.max_queue_records {
             return Err(ProduceError::QueueFull);
         }
+        if record.partition.is_some_and(|p| p < 0) {
+            return Err(ProduceError::Delivery("negative partition".into()));
+        }
         let (reply, delivered) = oneshot::channel();
         shared.incoming.push_back(Pending {
             topic: record.topic,
+            partition: record.partition,
             record: wire,
             size_bytes,
             reply,
@@ -436,7 +442,18 @@ impl Worker {
         for pending in incoming {
             if let Some(count) = self.partition_counts.get(&pending.topic) {
                 let key = pending.record.key.as_deref().unwrap_or_default();
-                let partition = partition_for_key(key, *count);
+                let partition = pending
+                    .partition
+                    .unwrap_or_else(|| partition_for_key(key, *count));
+                if partition as u32 >= *count {
+                    let error = ProduceError::Delivery(format!(
+                        "partition {partition} of `{}` does not exist ({count} partitions)",
+                        pending.topic
+                    ));
+                    let _ = pending.reply.send(Err(error));
+                    failed += 1;
+                    continue;
+                }
                 self.partitions
                     .entry((pending.topic.clone(), partition))
                     .or_default()

@@ -143,6 +143,7 @@ async fn gateway(world: WorldConfig, ledger: Rc<RefCell<Ledger>>) -> turmoil::Re
             let record = OutboundRecord {
                 topic: TOPIC.into(),
                 key: key_of(sensor),
+                partition: None,
                 value: value_of((sensor, seq)),
                 timestamp_ms: (EPOCH_MS + u64::from(seq) * 60_000) as i64,
                 headers: vec![("seq".into(), seq.to_be_bytes().to_vec())],

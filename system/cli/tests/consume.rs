@@ -34,6 +34,7 @@ fn record(reading: &Reading, timestamp_ms: i64, value: Vec<u8>) -> OutboundRecor
     OutboundRecord {
         topic: TOPIC.into(),
         key: reading.sensor_id.clone().into_bytes(),
+        partition: None,
         value,
         timestamp_ms,
         headers: vec![

@@ -383,6 +383,7 @@ impl Run {
         let record = OutboundRecord {
             topic: self.options.topic.clone(),
             key: reading.sensor_id.into_bytes(),
+            partition: None,
             value: to_wire(self.schema_id, &body),
             timestamp_ms: reading.event_time_ms,
             headers: vec![

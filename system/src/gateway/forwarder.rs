@@ -379,6 +379,7 @@ pub fn outbound_record(topic: &str, schema_id: u32, record: &SpooledRecord) -> O
     OutboundRecord {
         topic: topic.to_owned(),
         key: reading.sensor_id.as_bytes().to_vec(),
+        partition: None,
         value: to_wire(schema_id, &record.body),
         timestamp_ms: reading.event_time_ms,
         headers: vec![

@@ -24,45 +24,9 @@ use config::{ForwarderConfig, SamplerConfig};
 use observer::GatewayObserver;
 use std::cell::RefCell;
 use std::rc::Rc;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
-/// A shutdown signal shared by the gateway's components.
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    receiver: watch::Receiver<bool>,
-}
-
-/// Triggers a [`Shutdown`].
-#[derive(Debug)]
-pub struct ShutdownTrigger {
-    sender: watch::Sender<bool>,
-}
-
-impl Shutdown {
-    /// A new signal and its trigger.
-    pub fn new() -> (ShutdownTrigger, Shutdown) {
-        let (sender, receiver) = watch::channel(false);
-        (ShutdownTrigger { sender }, Shutdown { receiver })
-    }
-
-    /// Resolves once shutdown was triggered (immediately if it already was,
-    /// or if the trigger was dropped).
-    pub async fn wait(&mut self) {
-        let _ = self.receiver.wait_for(|stop| *stop).await;
-    }
-
-    /// Whether shutdown was triggered.
-    pub fn is_triggered(&self) -> bool {
-        *self.receiver.borrow()
-    }
-}
-
-impl ShutdownTrigger {
-    /// Asks every holder of the signal to stop.
-    pub fn trigger(&self) {
-        let _ = self.sender.send(true);
-    }
-}
+pub use crate::component::{Shutdown, ShutdownTrigger};
 
 /// The world-specific parts a gateway runs with.
 pub struct GatewayParts {

@@ -557,6 +557,12 @@ impl LogProducer for KafkaProducer {
         if !record.key.is_empty() {
             future_record = future_record.key(record.key.as_slice());
         }
+        if let Some(partition) = record.partition {
+            if partition < 0 {
+                return Err(ProduceError::Delivery(format!("negative partition {partition}")));
+            }
+            future_record = future_record.partition(partition);
+        }
         let delivery = self
             .producer
             .send_result(future_record)
@@ -1067,6 +1073,7 @@ mod tests {
         let record = OutboundRecord {
             topic: "t".into(),
             key: b"k".to_vec(),
+            partition: None,
             value: b"v".to_vec(),
             timestamp_ms: 1,
             headers: vec![("h".into(), b"1".to_vec())],
@@ -1089,6 +1096,7 @@ mod tests {
         let record = OutboundRecord {
             topic: "t".into(),
             key: b"k".to_vec(),
+            partition: None,
             value: b"v".to_vec(),
             timestamp_ms: 1,
             headers: vec![],

@@ -14,7 +14,10 @@
 
 use futures::future::LocalBoxFuture;
 
+pub mod group;
 pub mod kafka;
+
+pub use group::{GroupConsumer, GroupEvent};
 
 /// A record to append to a topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +26,10 @@ pub struct OutboundRecord {
     pub topic: String,
     /// Record key (the sensor id for readings).
     pub key: Vec<u8>,
+    /// The partition to append to; `None`: the key's partition
+    /// ([`partition_for_key`]). Stream processors set it to keep their
+    /// outputs co-partitioned with their input whatever the key.
+    pub partition: Option<i32>,
     /// Record value (Confluent wire format for readings).
     pub value: Vec<u8>,
     /// Record timestamp (CreateTime), ms since the Unix epoch: the event time.
@@ -141,6 +148,10 @@ pub enum ConsumeError {
     /// The broker could not be reached in time; retry.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// This member's group generation is over (a rebalance moved on): its
+    /// commit was refused. Rejoin and rebuild.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// Any other failure reported by the client.
     #[error("consumer error: {0}")]
     Other(String),
