@@ -9,6 +9,7 @@
 //! same function in a turmoil host.
 
 use tokio::sync::watch;
+use tokio::time::{Duration, sleep};
 
 /// A shutdown signal shared by a component's tasks.
 #[derive(Debug, Clone)]
@@ -48,3 +49,65 @@ impl ShutdownTrigger {
     }
 }
 
+/// Capped exponential backoff.
+pub struct Backoff {
+    initial_ms: u64,
+    max_ms: u64,
+    next_ms: u64,
+}
+
+impl Backoff {
+    /// A backoff starting at `initial_ms`, doubling up to `max_ms`.
+    pub fn new(initial_ms: u64, max_ms: u64) -> Self {
+        assert!(initial_ms > 0 && initial_ms <= max_ms);
+        Self {
+            initial_ms,
+            max_ms,
+            next_ms: initial_ms,
+        }
+    }
+
+    /// The next delay (and doubles the one after).
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next_ms;
+        self.next_ms = (self.next_ms * 2).min(self.max_ms);
+        Duration::from_millis(delay)
+    }
+
+    /// Back to the initial delay (after a success).
+    pub fn reset(&mut self) {
+        self.next_ms = self.initial_ms;
+    }
+}
+
+/// Runs `attempt` until it succeeds, with `backoff` between failures
+/// (each logged with `what`); `None` if `shutdown` fires first.
+pub async fn retry_until_shutdown<T, E, F>(
+    what: &str,
+    backoff: &mut Backoff,
+    shutdown: &mut Shutdown,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.wait() => return None,
+            result = attempt() => result,
+        };
+        match result {
+            Ok(value) => {
+                backoff.reset();
+                return Some(value);
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+                tokio::select! { biased; _ = shutdown.wait() => return None, _ = sleep(delay) => {} }
+            }
+        }
+    }
+}

@@ -24,6 +24,7 @@ pub mod disk;
 pub mod gateway;
 pub mod metrics;
 pub mod model;
+pub mod qaqc;
 pub mod registry;
 pub mod source;
 pub mod spool;

@@ -18,6 +18,7 @@ use super::config::ForwarderConfig;
 use super::observer::GatewayObserver;
 use crate::clock::Clock;
 use crate::codec::{SOIL_READING_SCHEMA_V1, to_wire};
+use crate::component::{Backoff, retry_until_shutdown};
 use crate::metrics::GatewayMetrics;
 use crate::model::Reading;
 use crate::registry::{SchemaRegistry, value_subject};
@@ -65,34 +66,6 @@ pub(crate) struct Forwarder {
 pub(crate) struct CountedSpoolTotals {
     pub damaged_records: u64,
     pub dropped_records: u64,
-}
-
-/// Capped exponential backoff.
-struct Backoff {
-    initial_ms: u64,
-    max_ms: u64,
-    next_ms: u64,
-}
-
-impl Backoff {
-    fn new(initial_ms: u64, max_ms: u64) -> Self {
-        assert!(initial_ms > 0 && initial_ms <= max_ms);
-        Self {
-            initial_ms,
-            max_ms,
-            next_ms: initial_ms,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next_ms;
-        self.next_ms = (self.next_ms * 2).min(self.max_ms);
-        Duration::from_millis(delay)
-    }
-
-    fn reset(&mut self) {
-        self.next_ms = self.initial_ms;
-    }
 }
 
 impl Forwarder {
@@ -338,36 +311,6 @@ impl Forwarder {
 
 /// Calls `attempt` until it succeeds, sleeping with `backoff` after each
 /// failure; `None` if shutdown comes first. Resets the backoff on success.
-async fn retry_until_shutdown<T, E, F>(
-    what: &str,
-    backoff: &mut Backoff,
-    shutdown: &mut Shutdown,
-    mut attempt: impl FnMut() -> F,
-) -> Option<T>
-where
-    E: std::fmt::Display,
-    F: std::future::Future<Output = Result<T, E>>,
-{
-    loop {
-        let result = tokio::select! {
-            biased;
-            _ = shutdown.wait() => return None,
-            result = attempt() => result,
-        };
-        match result {
-            Ok(value) => {
-                backoff.reset();
-                return Some(value);
-            }
-            Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
-                tokio::select! { biased; _ = shutdown.wait() => return None, _ = sleep(delay) => {} }
-            }
-        }
-    }
-}
-
 fn track(index: u64, reading: Reading, delivery: DeliveryFuture) -> InFlight {
     Box::pin(async move { (index, reading, delivery.await) })
 }

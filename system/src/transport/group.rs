@@ -57,8 +57,10 @@ pub trait GroupConsumer {
     /// Sets where an assigned partition resumes and starts delivering it.
     fn seek(&mut self, partition: i32, offset: i64) -> Result<(), ConsumeError>;
     /// The group's committed next offsets of these partitions (`None`: none).
-    fn committed(&mut self, partitions: &[i32])
-    -> LocalBoxFuture<'_, Result<Vec<(i32, Option<i64>)>, ConsumeError>>;
+    fn committed(
+        &mut self,
+        partitions: &[i32],
+    ) -> LocalBoxFuture<'_, Result<Vec<(i32, Option<i64>)>, ConsumeError>>;
     /// Commits next offsets of owned partitions, fenced by this member's
     /// generation.
     fn commit(&mut self, next_offsets: &[(i32, i64)]) -> LocalBoxFuture<'_, Result<(), ConsumeError>>;
@@ -66,4 +68,8 @@ pub trait GroupConsumer {
     fn leave(&mut self) -> LocalBoxFuture<'_, ()>;
     /// The partitions owned now, ascending.
     fn owned(&self) -> Vec<i32>;
+    /// Stops (`false`) or resumes (`true`) fetching records while the
+    /// membership is kept alive (polls still heartbeat and report group
+    /// changes): back-pressure while outputs wait for acknowledgements.
+    fn set_fetching(&mut self, enabled: bool);
 }

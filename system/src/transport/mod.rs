@@ -270,6 +270,81 @@ pub async fn read_topic_to_end(
     Ok(records)
 }
 
+/// Reads one partition from an offset up to the high watermark observed when
+/// it starts, in batches, with a bounded wait for progress: how stream
+/// processors read their own outputs back.
+pub struct PartitionReader<'a> {
+    consumer: &'a mut dyn LogConsumer,
+    topic: String,
+    partition: i32,
+    next_offset: i64,
+    end_offset: i64,
+    stall_timeout_ms: u64,
+}
+
+impl<'a> PartitionReader<'a> {
+    /// Assigns `consumer` to `partition` of `topic` from `from_offset` (or
+    /// the low watermark, if that is later) up to the current high watermark.
+    pub async fn start(
+        consumer: &'a mut dyn LogConsumer,
+        topic: &str,
+        partition: i32,
+        from_offset: i64,
+        stall_timeout_ms: u64,
+    ) -> Result<PartitionReader<'a>, ConsumeError> {
+        let (low, high) = consumer.watermarks(topic, partition).await?;
+        let next_offset = from_offset.max(low);
+        if next_offset < high {
+            consumer.assign(topic, &[(partition, StartOffset::Offset(next_offset))])?;
+        }
+        Ok(Self {
+            consumer,
+            topic: topic.to_string(),
+            partition,
+            next_offset,
+            end_offset: high,
+            stall_timeout_ms,
+        })
+    }
+
+    /// The offset the reader stops at (exclusive).
+    pub fn end_offset(&self) -> i64 {
+        self.end_offset
+    }
+
+    /// The next batch, in offset order; `None` once the end is reached.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<ConsumedRecord>>, ConsumeError> {
+        const POLL_MS: u64 = 100;
+        let mut waited_ms = 0;
+        while self.next_offset < self.end_offset {
+            let batch = self.consumer.poll(POLL_MS).await?;
+            let mut records: Vec<ConsumedRecord> = batch
+                .into_iter()
+                .filter(|r| {
+                    r.partition == self.partition
+                        && r.offset >= self.next_offset
+                        && r.offset < self.end_offset
+                })
+                .collect();
+            if records.is_empty() {
+                waited_ms += POLL_MS;
+                if waited_ms >= self.stall_timeout_ms {
+                    return Err(ConsumeError::Unavailable(format!(
+                        "reading `{}` partition {} made no progress for {} ms (at offset {} of {})",
+                        self.topic, self.partition, self.stall_timeout_ms, self.next_offset, self.end_offset
+                    )));
+                }
+                continue;
+            }
+            records.sort_by_key(|r| r.offset);
+            records.dedup_by_key(|r| r.offset);
+            self.next_offset = records.last().map_or(self.next_offset, |r| r.offset + 1);
+            return Ok(Some(records));
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
