@@ -171,10 +171,15 @@ impl CheckConfig {
         {
             return Err("checks.saturation_vwc must be within (0, 1]".into());
         }
-        if !(self.soil_temp_min_c < self.soil_temp_max_c) {
+        if self.soil_temp_min_c.partial_cmp(&self.soil_temp_max_c) != Some(std::cmp::Ordering::Less) {
             return Err("checks.soil_temp_min_c must be below soil_temp_max_c".into());
         }
-        if !(self.bulk_ec_max_ds_m > 0.0) || !(self.battery_max_v > 0.0) || self.depth_max_cm <= 0 {
+        if self.bulk_ec_max_ds_m.is_nan()
+            || self.bulk_ec_max_ds_m <= 0.0
+            || self.battery_max_v.is_nan()
+            || self.battery_max_v <= 0.0
+            || self.depth_max_cm <= 0
+        {
             return Err("checks.bulk_ec_max_ds_m, battery_max_v and depth_max_cm must be positive".into());
         }
         if self.max_future_ms < 0 {
@@ -370,7 +375,8 @@ mod tests {
     fn each_check_has_its_reason() {
         use QuarantineReason as R;
         assert_eq!(reason(&reading()), None);
-        let cases: Vec<(Box<dyn Fn(&mut Reading)>, R)> = vec![
+        type Edit = Box<dyn Fn(&mut Reading)>;
+        let cases: Vec<(Edit, R)> = vec![
             (Box::new(|r| r.moisture_vwc = -0.01), R::C01),
             (Box::new(|r| r.moisture_vwc = 0.61), R::C02),
             (Box::new(|r| r.moisture_vwc = 0.55), R::C03),

@@ -161,12 +161,15 @@ pub struct RevisionAnomalies {
     pub out_of_order: Vec<String>,
 }
 
+/// Each window's latest revision and values, by (sensor, window start).
+pub type FinalWindows = BTreeMap<(String, i64), (i32, WindowValues)>;
+
 /// The final values of each window in an aggregates stream (offset order):
 /// the highest revision wins.
 pub fn final_windows<'a>(
     aggregates: impl IntoIterator<Item = &'a WindowAggregate>,
-) -> (BTreeMap<(String, i64), (i32, WindowValues)>, RevisionAnomalies) {
-    let mut out: BTreeMap<(String, i64), (i32, WindowValues)> = BTreeMap::new();
+) -> (FinalWindows, RevisionAnomalies) {
+    let mut out: FinalWindows = BTreeMap::new();
     let mut anomalies = RevisionAnomalies::default();
     for a in aggregates {
         let key = (a.sensor_id.clone(), a.window_start);

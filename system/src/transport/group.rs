@@ -27,6 +27,9 @@
 use super::{ConsumeError, ConsumedRecord};
 use futures::future::LocalBoxFuture;
 
+/// Committed next offsets per partition (`None`: nothing committed).
+pub type CommittedOffsets = Vec<(i32, Option<i64>)>;
+
 /// What one [`GroupConsumer::poll`] brings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GroupEvent {
@@ -57,10 +60,7 @@ pub trait GroupConsumer {
     /// Sets where an assigned partition resumes and starts delivering it.
     fn seek(&mut self, partition: i32, offset: i64) -> Result<(), ConsumeError>;
     /// The group's committed next offsets of these partitions (`None`: none).
-    fn committed(
-        &mut self,
-        partitions: &[i32],
-    ) -> LocalBoxFuture<'_, Result<Vec<(i32, Option<i64>)>, ConsumeError>>;
+    fn committed(&mut self, partitions: &[i32]) -> LocalBoxFuture<'_, Result<CommittedOffsets, ConsumeError>>;
     /// Commits next offsets of owned partitions, fenced by this member's
     /// generation.
     fn commit(&mut self, next_offsets: &[(i32, i64)]) -> LocalBoxFuture<'_, Result<(), ConsumeError>>;
