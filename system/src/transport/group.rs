@@ -60,7 +60,8 @@ pub trait GroupConsumer {
     /// Sets where an assigned partition resumes and starts delivering it.
     fn seek(&mut self, partition: i32, offset: i64) -> Result<(), ConsumeError>;
     /// The group's committed next offsets of these partitions (`None`: none).
-    fn committed(&mut self, partitions: &[i32]) -> LocalBoxFuture<'_, Result<CommittedOffsets, ConsumeError>>;
+    fn committed(&mut self, partitions: &[i32])
+    -> LocalBoxFuture<'_, Result<CommittedOffsets, ConsumeError>>;
     /// Commits next offsets of owned partitions, fenced by this member's
     /// generation.
     fn commit(&mut self, next_offsets: &[(i32, i64)]) -> LocalBoxFuture<'_, Result<(), ConsumeError>>;
