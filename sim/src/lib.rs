@@ -10,7 +10,7 @@
 //! | [`clock`] | [`SimClock`]: the `Clock` seam from simulated time, with offset, drift and jumps ([`ClockControl`]) |
 //! | [`protocol`] | the broker's wire protocol: request/response types and CRC'd, length-prefixed frames |
 //! | [`broker`] | a simulated Kafka-like broker: a plain state machine ([`broker::BrokerCore`]) and its turmoil server |
-//! | [`client`] | [`SimProducer`] / [`SimConsumer`]: the `LogProducer` / `LogConsumer` seams over turmoil TCP |
+//! | [`client`] | [`SimProducer`] / [`SimConsumer`] / [`SimGroupConsumer`]: the `LogProducer` / `LogConsumer` / `GroupConsumer` seams over turmoil TCP |
 //! | [`net`] | [`SimListener`] / [`SimConnector`]: turmoil TCP for axum services and the registry client |
 //! | [`registry`] | [`RegistryHost`]: the schema registry service as a turmoil host on a [`SimDisk`] |
 //! | [`digest`] | a stable 64-bit digest for determinism checks |
@@ -28,7 +28,9 @@ pub mod net;
 pub mod protocol;
 pub mod registry;
 
-pub use client::{ConsumerConfig, ProducerConfig, SimConsumer, SimProducer};
+pub use client::{
+    ConsumerConfig, GroupConsumerConfig, ProducerConfig, SimConsumer, SimGroupConsumer, SimProducer,
+};
 pub use clock::{ClockControl, SimClock};
 pub use disk::{DiskFaults, SimDisk};
 pub use net::{SimConnector, SimListener};

@@ -15,8 +15,9 @@
 //! then closed (the stream can no longer be trusted to be in sync).
 //!
 //! The requests mirror the Kafka APIs the system uses (Metadata,
-//! InitProducerId, Produce, Fetch, ListOffsets, OffsetCommit, OffsetFetch),
-//! reduced to what the simulation needs.
+//! InitProducerId, Produce, Fetch, ListOffsets, OffsetCommit, OffsetFetch,
+//! and the consumer-group APIs JoinGroup, Heartbeat, LeaveGroup and a
+//! generation-fenced OffsetCommit), reduced to what the simulation needs.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -214,6 +215,16 @@ pub enum ErrorCode {
     /// The request is malformed or exceeds a limit.
     #[error("invalid request")]
     InvalidRequest,
+    /// The consumer group is rebalancing: re-send JoinGroup.
+    #[error("rebalance in progress")]
+    RebalanceInProgress,
+    /// The member id is not (or no longer) a member of the group: join
+    /// afresh, without a member id.
+    #[error("unknown member id")]
+    UnknownMemberId,
+    /// The generation is not the group's current one (or not the member's).
+    #[error("illegal generation")]
+    IllegalGeneration,
 }
 
 impl ErrorCode {
@@ -292,6 +303,74 @@ pub enum Request {
         /// Topic.
         topic: String,
         /// Partitions.
+        partitions: Vec<i32>,
+    },
+    /// Join (or re-join) a consumer group; also counts as a heartbeat.
+    /// Answered with [`Response::JoinGroup`].
+    JoinGroup {
+        /// Group id.
+        group: String,
+        /// The topic the group consumes (one per group).
+        topic: String,
+        /// The member id from an earlier JoinGroup; `None`: a new member.
+        member_id: Option<String>,
+        /// The member is removed when no request of it arrives for this long.
+        session_timeout_ms: u64,
+        /// How long a rebalance waits for this member to re-join.
+        rebalance_timeout_ms: u64,
+    },
+    /// Keep a membership alive and learn whether a rebalance started.
+    /// Answered with [`Response::Heartbeat`].
+    Heartbeat {
+        /// Group id.
+        group: String,
+        /// Member id.
+        member_id: String,
+        /// The member's generation.
+        generation: u64,
+    },
+    /// Leave a group at once (the others rebalance). Answered with
+    /// [`Response::LeaveGroup`].
+    LeaveGroup {
+        /// Group id.
+        group: String,
+        /// Member id.
+        member_id: String,
+    },
+    /// Store a group's next offsets on behalf of a member of a generation:
+    /// refused once the generation is over. Answered with
+    /// [`Response::OffsetCommit`].
+    GroupOffsetCommit {
+        /// Group id.
+        group: String,
+        /// Member id.
+        member_id: String,
+        /// The member's generation.
+        generation: u64,
+        /// Topic.
+        topic: String,
+        /// (partition, next offset to read).
+        offsets: Vec<(i32, i64)>,
+    },
+}
+
+/// Where a JoinGroup left the member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinOutcome {
+    /// The rebalance is not complete yet: re-send JoinGroup (with this id)
+    /// after a short delay.
+    Pending {
+        /// The member's id (newly issued for a new member).
+        member_id: String,
+    },
+    /// The member is part of a new (or the current) generation.
+    Joined {
+        /// The member's id.
+        member_id: String,
+        /// The group's generation.
+        generation: u64,
+        /// The partitions assigned to this member in that generation,
+        /// ascending.
         partitions: Vec<i32>,
     },
 }
@@ -374,6 +453,21 @@ pub enum Response {
     OffsetFetch {
         /// (partition, committed next offset if any), or the error.
         result: Result<Vec<(i32, Option<i64>)>, ErrorCode>,
+    },
+    /// Where a JoinGroup left the member.
+    JoinGroup {
+        /// The outcome, or the error.
+        result: Result<JoinOutcome, ErrorCode>,
+    },
+    /// Heartbeat answer.
+    Heartbeat {
+        /// Ok, or why the membership is not current.
+        result: Result<(), ErrorCode>,
+    },
+    /// LeaveGroup answer.
+    LeaveGroup {
+        /// Ok, or the error.
+        result: Result<(), ErrorCode>,
     },
     /// The whole request failed.
     Error(ErrorCode),
@@ -459,6 +553,73 @@ mod tests {
                 .expect("eof")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn group_messages_round_trip() {
+        let requests = [
+            Request::JoinGroup {
+                group: "g".into(),
+                topic: "t".into(),
+                member_id: None,
+                session_timeout_ms: 30_000,
+                rebalance_timeout_ms: 60_000,
+            },
+            Request::Heartbeat {
+                group: "g".into(),
+                member_id: "member-3".into(),
+                generation: 4,
+            },
+            Request::LeaveGroup {
+                group: "g".into(),
+                member_id: "member-3".into(),
+            },
+            Request::GroupOffsetCommit {
+                group: "g".into(),
+                member_id: "member-3".into(),
+                generation: 4,
+                topic: "t".into(),
+                offsets: vec![(0, 7), (3, 1)],
+            },
+        ];
+        for request in requests {
+            let payload = encode(&request).expect("encode");
+            assert_eq!(decode::<Request>(&payload).expect("decode"), request);
+        }
+        let responses = [
+            Response::JoinGroup {
+                result: Ok(JoinOutcome::Pending {
+                    member_id: "member-3".into(),
+                }),
+            },
+            Response::JoinGroup {
+                result: Ok(JoinOutcome::Joined {
+                    member_id: "member-3".into(),
+                    generation: 5,
+                    partitions: vec![2, 3],
+                }),
+            },
+            Response::Heartbeat {
+                result: Err(ErrorCode::RebalanceInProgress),
+            },
+            Response::LeaveGroup {
+                result: Err(ErrorCode::UnknownMemberId),
+            },
+            Response::OffsetCommit {
+                result: Err(ErrorCode::IllegalGeneration),
+            },
+        ];
+        for response in responses {
+            let payload = encode(&response).expect("encode");
+            assert_eq!(decode::<Response>(&payload).expect("decode"), response);
+        }
+        for code in [
+            ErrorCode::RebalanceInProgress,
+            ErrorCode::UnknownMemberId,
+            ErrorCode::IllegalGeneration,
+        ] {
+            assert!(!code.is_retriable(), "{code:?} is handled by the group client");
+        }
     }
 
     #[test]

@@ -6,13 +6,19 @@
 //! file) is taken offline, requests touching it get the retriable
 //! `StorageError`, and it is reopened (recovered from disk) on a later request
 //! once `storage_retry_ms` has passed.
+//!
+//! Consumer groups are coordinated by the `groups` module: membership is in
+//! memory, member ids come from the durable id counter of the broker state,
+//! group commits are stored like plain ones.
 
+use super::groups::{Coordinator, GroupLimits, GroupStats, GroupView, JoinRequest};
 use super::partition::{AppendError, PartitionLimits, PartitionLog};
 use super::state_log::StateLog;
 use super::{BrokerConfig, FlushPolicy};
 use crate::digest::Digest;
 use crate::protocol::{
-    ErrorCode, FetchRequest, FetchResult, FetchedRecords, ProduceRequest, ProduceResult, Request, Response,
+    ErrorCode, FetchRequest, FetchResult, FetchedRecords, JoinOutcome, ProduceRequest, ProduceResult,
+    Request, Response,
 };
 use soilstream::disk::Disk;
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +60,7 @@ pub struct BrokerCore {
     state: Slot<StateLog>,
     limits: PartitionLimits,
     stats: BrokerStats,
+    groups: Coordinator,
 }
 
 impl BrokerCore {
@@ -81,6 +88,13 @@ impl BrokerCore {
                 partitions.insert((name.clone(), partition), Slot::Offline { retry_at_ms: 0 });
             }
         }
+        let groups = Coordinator::new(GroupLimits {
+            max_groups: config.max_groups,
+            max_members_per_group: config.max_members_per_group,
+            min_session_timeout_ms: config.group_min_session_timeout_ms,
+            max_session_timeout_ms: config.group_max_session_timeout_ms,
+            max_rebalance_timeout_ms: config.group_max_rebalance_timeout_ms,
+        });
         let mut core = Self {
             config,
             disk,
@@ -89,6 +103,7 @@ impl BrokerCore {
             state: Slot::Offline { retry_at_ms: 0 },
             limits,
             stats: BrokerStats::default(),
+            groups,
         };
         if let Err(error) = core.disk.create_dir_all(&core.config.data_dir) {
             tracing::warn!(%error, "cannot create the broker data directory");
@@ -109,6 +124,21 @@ impl BrokerCore {
     /// Counters.
     pub fn stats(&self) -> BrokerStats {
         self.stats
+    }
+
+    /// Counters of the consumer-group coordinator.
+    pub fn group_stats(&self) -> GroupStats {
+        self.groups.stats()
+    }
+
+    /// A picture of a consumer group, if it has members.
+    pub fn group(&self, group: &str) -> Option<GroupView> {
+        self.groups.view(group)
+    }
+
+    /// Pictures of every consumer group with members, by id.
+    pub fn groups(&self) -> Vec<GroupView> {
+        self.groups.views()
     }
 
     /// Partitions currently offline (storage failed, not yet reopened).
@@ -153,8 +183,9 @@ impl BrokerCore {
     }
 
     /// A digest of everything the broker holds: every partition's records and
-    /// producer state, producer ids issued and group offsets. Offline parts
-    /// contribute a marker.
+    /// producer state, producer ids issued, group offsets and (when any group
+    /// has members) the groups' generations, members and assignments.
+    /// Offline parts contribute a marker.
     pub fn state_digest(&self) -> u64 {
         let mut digest = Digest::new();
         for ((topic, partition), slot) in &self.partitions {
@@ -182,12 +213,27 @@ impl BrokerCore {
                 digest.u64(u64::MAX);
             }
         }
+        // Without groups the digest is what it was before groups existed.
+        if !self.groups.is_empty() {
+            self.groups.digest_into(&mut digest);
+        }
         digest.finish()
     }
 
-    /// Periodic work: syncs dirty partitions under
+    /// Periodic work: expires group sessions and ends overdue rebalances
+    /// ([`BrokerCore::tick_groups`]), and syncs dirty partitions under
     /// [`FlushPolicy::IntervalMs`].
     pub fn on_tick(&mut self, now_ms: u64) {
+        self.tick_groups(now_ms);
+        self.flush_due(now_ms);
+    }
+
+    /// Expires consumer-group sessions and ends overdue rebalances.
+    pub fn tick_groups(&mut self, now_ms: u64) {
+        self.groups.tick(now_ms);
+    }
+
+    fn flush_due(&mut self, now_ms: u64) {
         if !matches!(self.config.flush, FlushPolicy::IntervalMs(_)) {
             return;
         }
@@ -237,7 +283,79 @@ impl BrokerCore {
             } => Response::OffsetFetch {
                 result: self.fetch_offsets(&group, &topic, &partitions, now_ms),
             },
+            Request::JoinGroup {
+                group,
+                topic,
+                member_id,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+            } => Response::JoinGroup {
+                result: self.join_group(
+                    &group,
+                    &topic,
+                    member_id.as_deref(),
+                    session_timeout_ms,
+                    rebalance_timeout_ms,
+                    now_ms,
+                ),
+            },
+            Request::Heartbeat {
+                group,
+                member_id,
+                generation,
+            } => Response::Heartbeat {
+                result: self.groups.heartbeat(&group, &member_id, generation, now_ms),
+            },
+            Request::LeaveGroup { group, member_id } => Response::LeaveGroup {
+                result: self.groups.leave(&group, &member_id, now_ms),
+            },
+            Request::GroupOffsetCommit {
+                group,
+                member_id,
+                generation,
+                topic,
+                offsets,
+            } => Response::OffsetCommit {
+                result: self
+                    .groups
+                    .check_commit(&group, &member_id, generation, &topic, now_ms)
+                    .and_then(|()| self.commit_offsets(&group, &topic, &offsets, now_ms)),
+            },
         }
+    }
+
+    fn join_group(
+        &mut self,
+        group: &str,
+        topic: &str,
+        member_id: Option<&str>,
+        session_timeout_ms: u64,
+        rebalance_timeout_ms: u64,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, ErrorCode> {
+        let partitions = *self.topics.get(topic).ok_or(ErrorCode::UnknownTopicOrPartition)?;
+        if member_id.is_none() {
+            self.ensure_state(now_ms);
+        }
+        let request = JoinRequest {
+            group,
+            topic,
+            partitions,
+            member_id,
+            session_timeout_ms,
+            rebalance_timeout_ms,
+        };
+        let retry_at_ms = now_ms + self.config.storage_retry_ms;
+        let Self {
+            groups,
+            state,
+            disk,
+            stats,
+            ..
+        } = self;
+        groups.join(request, now_ms, || {
+            issue_durable_id(state, disk.as_ref(), stats, retry_at_ms)
+        })
     }
 
     fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
@@ -322,10 +440,8 @@ impl BrokerCore {
 
     fn init_producer_id(&mut self, now_ms: u64) -> Response {
         self.ensure_state(now_ms);
-        let Slot::Online(state) = &mut self.state else {
-            return Response::Error(ErrorCode::StorageError);
-        };
-        match state.issue_producer_id(self.disk.as_ref()) {
+        let retry_at_ms = now_ms + self.config.storage_retry_ms;
+        match issue_durable_id(&mut self.state, self.disk.as_ref(), &mut self.stats, retry_at_ms) {
             Ok(producer_id) => {
                 tracing::debug!(producer_id, "producer id issued");
                 Response::InitProducerId {
@@ -333,14 +449,7 @@ impl BrokerCore {
                     producer_epoch: 0,
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot persist a producer id; broker state offline");
-                self.stats.storage_errors += 1;
-                self.state = Slot::Offline {
-                    retry_at_ms: now_ms + self.config.storage_retry_ms,
-                };
-                Response::Error(ErrorCode::StorageError)
-            }
+            Err(code) => Response::Error(code),
         }
     }
 
@@ -542,6 +651,29 @@ impl BrokerCore {
                 (*p, offsets.get(&key).copied())
             })
             .collect())
+    }
+}
+
+/// Issues a fresh id from the state's durable counter (producer ids and
+/// member ids share it: never reissued, even across restarts); a failed
+/// write takes the state offline until `retry_at_ms`.
+fn issue_durable_id(
+    state: &mut Slot<StateLog>,
+    disk: &dyn Disk,
+    stats: &mut BrokerStats,
+    retry_at_ms: u64,
+) -> Result<u64, ErrorCode> {
+    let Slot::Online(log) = state else {
+        return Err(ErrorCode::StorageError);
+    };
+    match log.issue_producer_id(disk) {
+        Ok(id) => Ok(id),
+        Err(error) => {
+            tracing::warn!(%error, "cannot persist an issued id; broker state offline");
+            stats.storage_errors += 1;
+            *state = Slot::Offline { retry_at_ms };
+            Err(ErrorCode::StorageError)
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! crash keeps (synced bytes and synced directory entries) without turmoil.
 
 use super::*;
-use crate::broker::TopicConfig;
+use crate::broker::{MAX_MEMBER_ID_BYTES, TopicConfig};
 use crate::protocol::{ProduceBatch, WireRecord};
 use soilstream::disk::DiskFile;
 use std::cell::RefCell;
@@ -787,4 +787,524 @@ fn a_fetch_budget_is_shared_across_partitions() {
         .map(|r| r.result.as_ref().expect("ok").records.len())
         .collect();
     assert_eq!(counts, vec![5, 2]);
+}
+
+// Consumer groups.
+
+const GROUP: &str = "processors";
+const GROUP_PARTITIONS: u32 = 5;
+const SESSION_MS: u64 = 1_000;
+const REBALANCE_MS: u64 = 5_000;
+
+fn group_config() -> BrokerConfig {
+    let mut config = BrokerConfig::new(vec![TopicConfig {
+        name: TOPIC.into(),
+        partitions: GROUP_PARTITIONS,
+    }]);
+    config.flush = FlushPolicy::EveryBatch;
+    config
+}
+
+fn join_with(
+    core: &mut BrokerCore,
+    member: Option<&str>,
+    session_timeout_ms: u64,
+    rebalance_timeout_ms: u64,
+    now_ms: u64,
+) -> Result<JoinOutcome, ErrorCode> {
+    let request = Request::JoinGroup {
+        group: GROUP.into(),
+        topic: TOPIC.into(),
+        member_id: member.map(str::to_string),
+        session_timeout_ms,
+        rebalance_timeout_ms,
+    };
+    match core.handle(request, now_ms) {
+        Response::JoinGroup { result } => result,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn join(core: &mut BrokerCore, member: Option<&str>, now_ms: u64) -> Result<JoinOutcome, ErrorCode> {
+    join_with(core, member, SESSION_MS, REBALANCE_MS, now_ms)
+}
+
+/// A new member's id (its first JoinGroup is always pending).
+fn new_member(core: &mut BrokerCore, now_ms: u64) -> String {
+    match join(core, None, now_ms) {
+        Ok(JoinOutcome::Pending { member_id }) => member_id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn expect_pending(outcome: Result<JoinOutcome, ErrorCode>, member: &str) {
+    assert_eq!(
+        outcome,
+        Ok(JoinOutcome::Pending {
+            member_id: member.to_string()
+        })
+    );
+}
+
+/// (generation, partitions) of a Joined outcome.
+fn expect_joined(outcome: Result<JoinOutcome, ErrorCode>, member: &str) -> (u64, Vec<i32>) {
+    match outcome {
+        Ok(JoinOutcome::Joined {
+            member_id,
+            generation,
+            partitions,
+        }) => {
+            assert_eq!(member_id, member);
+            (generation, partitions)
+        }
+        other => panic!("expected {member} to be joined, got {other:?}"),
+    }
+}
+
+fn heartbeat(core: &mut BrokerCore, member: &str, generation: u64, now_ms: u64) -> Result<(), ErrorCode> {
+    let request = Request::Heartbeat {
+        group: GROUP.into(),
+        member_id: member.into(),
+        generation,
+    };
+    match core.handle(request, now_ms) {
+        Response::Heartbeat { result } => result,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn leave(core: &mut BrokerCore, member: &str, now_ms: u64) -> Result<(), ErrorCode> {
+    let request = Request::LeaveGroup {
+        group: GROUP.into(),
+        member_id: member.into(),
+    };
+    match core.handle(request, now_ms) {
+        Response::LeaveGroup { result } => result,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn group_commit(
+    core: &mut BrokerCore,
+    member: &str,
+    generation: u64,
+    offsets: Vec<(i32, i64)>,
+    now_ms: u64,
+) -> Result<(), ErrorCode> {
+    let request = Request::GroupOffsetCommit {
+        group: GROUP.into(),
+        member_id: member.into(),
+        generation,
+        topic: TOPIC.into(),
+        offsets,
+    };
+    match core.handle(request, now_ms) {
+        Response::OffsetCommit { result } => result,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn group_committed(core: &mut BrokerCore, now_ms: u64) -> Vec<(i32, Option<i64>)> {
+    let request = Request::OffsetFetch {
+        group: GROUP.into(),
+        topic: TOPIC.into(),
+        partitions: (0..GROUP_PARTITIONS as i32).collect(),
+    };
+    match core.handle(request, now_ms) {
+        Response::OffsetFetch { result } => result.expect("offsets"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Asserts the blocks are disjoint and cover every partition.
+fn assert_partitions_covered(blocks: &[&[i32]]) {
+    let mut all: Vec<i32> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..GROUP_PARTITIONS as i32).collect::<Vec<_>>(),
+        "disjoint and complete: {blocks:?}"
+    );
+}
+
+/// Two members in generation 1: (core, a, b, a's partitions, b's).
+fn stable_pair(disk: &MemDisk) -> (BrokerCore, String, String, Vec<i32>, Vec<i32>) {
+    let mut core = open(disk, &group_config(), 0);
+    let a = new_member(&mut core, 0);
+    let b = new_member(&mut core, 0);
+    expect_pending(join(&mut core, Some(&a), 10), &a);
+    let (generation, b_partitions) = expect_joined(join(&mut core, Some(&b), 20), &b);
+    assert_eq!(generation, 1);
+    let (generation, a_partitions) = expect_joined(join(&mut core, Some(&a), 30), &a);
+    assert_eq!(generation, 1);
+    (core, a, b, a_partitions, b_partitions)
+}
+
+#[test]
+fn two_members_join_in_one_rebalance_and_share_every_partition() {
+    let disk = MemDisk::default();
+    let (mut core, a, b, a_partitions, b_partitions) = stable_pair(&disk);
+    assert_ne!(a, b);
+    assert!(a < b, "ids ascend: {a} {b}");
+    assert_eq!(
+        a_partitions,
+        vec![0, 1, 2],
+        "the earlier member gets the extra one"
+    );
+    assert_eq!(b_partitions, vec![3, 4]);
+    assert_partitions_covered(&[&a_partitions, &b_partitions]);
+    let stats = core.group_stats();
+    assert_eq!(stats.members_joined, 2);
+    assert_eq!(stats.rebalances_started, 1);
+    assert_eq!(stats.rebalances_completed, 1);
+    assert_eq!(heartbeat(&mut core, &a, 1, 40), Ok(()));
+    assert_eq!(heartbeat(&mut core, &b, 1, 40), Ok(()));
+    let view = core.group(GROUP).expect("group");
+    assert_eq!(view.generation, 1);
+    assert!(!view.rebalancing);
+    assert_eq!(view.members, vec![a.clone(), b.clone()]);
+    assert_eq!(view.assignment, vec![(a, a_partitions), (b, b_partitions)]);
+}
+
+#[test]
+fn a_third_member_revokes_the_old_generation_which_may_commit_until_the_new_one() {
+    let disk = MemDisk::default();
+    let (mut core, a, b, a_partitions, _) = stable_pair(&disk);
+    let c = new_member(&mut core, 100);
+    assert_eq!(
+        heartbeat(&mut core, &a, 1, 110),
+        Err(ErrorCode::RebalanceInProgress)
+    );
+    // Revoked, still owned: the old generation commits during the rebalance.
+    assert_eq!(
+        group_commit(&mut core, &a, 1, vec![(a_partitions[0], 7)], 120),
+        Ok(())
+    );
+    assert_eq!(
+        heartbeat(&mut core, &b, 1, 125),
+        Err(ErrorCode::RebalanceInProgress)
+    );
+    expect_pending(join(&mut core, Some(&a), 130), &a);
+    expect_pending(join(&mut core, Some(&b), 140), &b);
+    assert_eq!(
+        core.group(GROUP).expect("group").generation,
+        1,
+        "the generation moves only at completion"
+    );
+    let (generation, c_partitions) = expect_joined(join(&mut core, Some(&c), 150), &c);
+    assert_eq!(generation, 2);
+    let (_, a_partitions_2) = expect_joined(join(&mut core, Some(&a), 160), &a);
+    let (_, b_partitions_2) = expect_joined(join(&mut core, Some(&b), 160), &b);
+    assert_eq!(a_partitions_2, vec![0, 1]);
+    assert_eq!(b_partitions_2, vec![2, 3]);
+    assert_eq!(c_partitions, vec![4]);
+    assert_partitions_covered(&[&a_partitions_2, &b_partitions_2, &c_partitions]);
+    // The old generation is over.
+    assert_eq!(
+        group_commit(&mut core, &a, 1, vec![(0, 9)], 170),
+        Err(ErrorCode::IllegalGeneration)
+    );
+    assert_eq!(
+        heartbeat(&mut core, &a, 1, 170),
+        Err(ErrorCode::IllegalGeneration)
+    );
+    assert_eq!(core.group_stats().commits_fenced, 1);
+    assert_eq!(group_commit(&mut core, &a, 2, vec![(1, 3)], 180), Ok(()));
+    let committed = group_committed(&mut core, 190);
+    assert_eq!(committed[0], (0, Some(7)), "the fenced commit stored nothing");
+    assert_eq!(committed[1], (1, Some(3)));
+    let stats = core.group_stats();
+    assert_eq!(stats.rebalances_completed, 2);
+    assert_eq!(stats.rebalances_started, 2);
+}
+
+#[test]
+fn a_member_that_stops_heartbeating_expires_and_the_others_rebalance() {
+    let disk = MemDisk::default();
+    let (mut core, a, b, _, b_partitions) = stable_pair(&disk);
+    // b was last seen at 20; a keeps heartbeating.
+    assert_eq!(heartbeat(&mut core, &a, 1, 500), Ok(()));
+    core.on_tick(1_000);
+    assert_eq!(core.group(GROUP).expect("group").members.len(), 2, "not yet");
+    assert_eq!(heartbeat(&mut core, &a, 1, 1_000), Ok(()));
+    core.on_tick(1_021);
+    let view = core.group(GROUP).expect("group");
+    assert_eq!(view.members, vec![a.clone()], "b expired");
+    assert!(view.rebalancing);
+    assert_eq!(core.group_stats().members_expired, 1);
+    assert_eq!(
+        heartbeat(&mut core, &a, 1, 1_100),
+        Err(ErrorCode::RebalanceInProgress)
+    );
+    let (generation, partitions) = expect_joined(join(&mut core, Some(&a), 1_110), &a);
+    assert_eq!(generation, 2);
+    assert_eq!(partitions, (0..GROUP_PARTITIONS as i32).collect::<Vec<_>>());
+    // The expired member is fenced and must join afresh.
+    assert_eq!(
+        group_commit(&mut core, &b, 1, vec![(b_partitions[0], 1)], 1_120),
+        Err(ErrorCode::UnknownMemberId)
+    );
+    assert_eq!(
+        heartbeat(&mut core, &b, 1, 1_120),
+        Err(ErrorCode::UnknownMemberId)
+    );
+    assert_eq!(join(&mut core, Some(&b), 1_120), Err(ErrorCode::UnknownMemberId));
+}
+
+#[test]
+fn a_session_expiry_is_also_noticed_by_a_request_without_a_tick() {
+    let disk = MemDisk::default();
+    let (mut core, a, _b, _, _) = stable_pair(&disk);
+    assert_eq!(heartbeat(&mut core, &a, 1, 900), Ok(()));
+    assert_eq!(
+        heartbeat(&mut core, &a, 1, 1_100),
+        Err(ErrorCode::RebalanceInProgress)
+    );
+    assert_eq!(core.group_stats().members_expired, 1);
+    // Everyone gone: the group is dropped.
+    core.on_tick(5_000);
+    assert!(core.groups().is_empty());
+}
+
+#[test]
+fn a_leave_starts_a_rebalance_at_once() {
+    let disk = MemDisk::default();
+    let (mut core, a, b, _, _) = stable_pair(&disk);
+    assert_eq!(leave(&mut core, &b, 100), Ok(()));
+    let view = core.group(GROUP).expect("group");
+    assert!(view.rebalancing);
+    assert_eq!(view.members, vec![a.clone()]);
+    assert_eq!(
+        heartbeat(&mut core, &a, 1, 110),
+        Err(ErrorCode::RebalanceInProgress)
+    );
+    let (generation, partitions) = expect_joined(join(&mut core, Some(&a), 120), &a);
+    assert_eq!(generation, 2);
+    assert_eq!(partitions.len(), GROUP_PARTITIONS as usize);
+    assert_eq!(leave(&mut core, &b, 130), Err(ErrorCode::UnknownMemberId));
+    assert_eq!(core.group_stats().members_left, 1);
+    assert_eq!(leave(&mut core, &a, 140), Ok(()));
+    assert!(core.group(GROUP).is_none(), "the last member left");
+}
+
+#[test]
+fn a_member_that_never_rejoins_is_dropped_at_the_rebalance_deadline() {
+    let disk = MemDisk::default();
+    let mut core = open(&disk, &group_config(), 0);
+    let long_session_ms = 10_000;
+    let rebalance_ms = 2_000;
+    let joined = |core: &mut BrokerCore, member: &str, now_ms| {
+        join_with(core, Some(member), long_session_ms, rebalance_ms, now_ms)
+    };
+    let a = match join_with(&mut core, None, long_session_ms, rebalance_ms, 0) {
+        Ok(JoinOutcome::Pending { member_id }) => member_id,
+        other => panic!("unexpected {other:?}"),
+    };
+    let b = match join_with(&mut core, None, long_session_ms, rebalance_ms, 0) {
+        Ok(JoinOutcome::Pending { member_id }) => member_id,
+        other => panic!("unexpected {other:?}"),
+    };
+    expect_pending(joined(&mut core, &a, 10), &a);
+    expect_joined(joined(&mut core, &b, 10), &b);
+    expect_joined(joined(&mut core, &a, 10), &a);
+    let c = match join_with(&mut core, None, long_session_ms, rebalance_ms, 100) {
+        Ok(JoinOutcome::Pending { member_id }) => member_id,
+        other => panic!("unexpected {other:?}"),
+    };
+    expect_pending(joined(&mut core, &a, 200), &a);
+    expect_pending(joined(&mut core, &c, 300), &c);
+    // b keeps its session alive with heartbeats but never re-joins.
+    assert_eq!(
+        heartbeat(&mut core, &b, 1, 1_000),
+        Err(ErrorCode::RebalanceInProgress)
+    );
+    expect_pending(joined(&mut core, &a, 1_500), &a);
+    core.on_tick(2_099);
+    assert!(core.group(GROUP).expect("group").rebalancing, "deadline at 2100");
+    core.on_tick(2_100);
+    let view = core.group(GROUP).expect("group");
+    assert!(!view.rebalancing);
+    assert_eq!(view.generation, 2);
+    assert_eq!(view.members, vec![a.clone(), c.clone()]);
+    assert_eq!(core.group_stats().members_dropped_at_deadline, 1);
+    assert_eq!(core.group_stats().members_expired, 0);
+    assert_eq!(
+        heartbeat(&mut core, &b, 1, 2_200),
+        Err(ErrorCode::UnknownMemberId)
+    );
+    let (generation, a_partitions) = expect_joined(joined(&mut core, &a, 2_200), &a);
+    let (_, c_partitions) = expect_joined(joined(&mut core, &c, 2_200), &c);
+    assert_eq!(generation, 2);
+    assert_partitions_covered(&[&a_partitions, &c_partitions]);
+}
+
+#[test]
+fn member_ids_are_unique_across_a_broker_restart_and_offsets_stay() {
+    let disk = MemDisk::default();
+    let (mut core, a, b, a_partitions, _) = stable_pair(&disk);
+    assert_eq!(
+        group_commit(&mut core, &a, 1, vec![(a_partitions[0], 11)], 40),
+        Ok(())
+    );
+    let producer_id = init_producer(&mut core);
+    disk.crash(0);
+    let mut core = open(&disk, &group_config(), 100);
+    assert!(core.groups().is_empty(), "membership is in memory only");
+    assert_eq!(heartbeat(&mut core, &a, 1, 110), Err(ErrorCode::UnknownMemberId));
+    assert_eq!(join(&mut core, Some(&b), 110), Err(ErrorCode::UnknownMemberId));
+    assert_eq!(
+        group_commit(&mut core, &a, 1, vec![(0, 12)], 110),
+        Err(ErrorCode::UnknownMemberId)
+    );
+    let c = new_member(&mut core, 120);
+    let number = |id: &str| -> u64 { id.trim_start_matches("member-").parse().expect("number") };
+    assert!(number(&c) > producer_id, "{c} after producer {producer_id}");
+    assert!(number(&c) > number(&a) && number(&c) > number(&b));
+    assert!(init_producer(&mut core) > number(&c), "the counter is shared");
+    assert_eq!(
+        group_committed(&mut core, 130)[0],
+        (0, Some(11)),
+        "offsets are durable"
+    );
+}
+
+#[test]
+fn a_known_member_rejoining_while_stable_gets_its_generation_unless_its_view_changed() {
+    let disk = MemDisk::default();
+    let (mut core, a, b, a_partitions, _) = stable_pair(&disk);
+    // The same view (a lost answer): the same generation, no rebalance.
+    assert_eq!(
+        expect_joined(join(&mut core, Some(&a), 40), &a),
+        (1, a_partitions)
+    );
+    assert_eq!(core.group_stats().rebalances_started, 1);
+    // Other timeouts: a rebalance.
+    expect_pending(
+        join_with(&mut core, Some(&a), SESSION_MS * 2, REBALANCE_MS, 50),
+        &a,
+    );
+    assert_eq!(
+        heartbeat(&mut core, &b, 1, 60),
+        Err(ErrorCode::RebalanceInProgress)
+    );
+    let (generation, _) = expect_joined(join(&mut core, Some(&b), 70), &b);
+    assert_eq!(generation, 2);
+    // Plain commits without membership keep working.
+    let plain = core.handle(
+        Request::OffsetCommit {
+            group: GROUP.into(),
+            topic: TOPIC.into(),
+            offsets: vec![(4, 2)],
+        },
+        80,
+    );
+    assert_eq!(plain, Response::OffsetCommit { result: Ok(()) });
+    assert_eq!(group_committed(&mut core, 80)[4], (4, Some(2)));
+}
+
+#[test]
+fn group_requests_are_validated_and_bounded() {
+    let disk = MemDisk::default();
+    let mut cfg = group_config();
+    cfg.max_members_per_group = 2;
+    cfg.max_groups = 1;
+    let mut core = open(&disk, &cfg, 0);
+    let a = new_member(&mut core, 0);
+    new_member(&mut core, 0);
+    assert_eq!(
+        join(&mut core, None, 0),
+        Err(ErrorCode::InvalidRequest),
+        "group full"
+    );
+    let other_group = core.handle(
+        Request::JoinGroup {
+            group: "other".into(),
+            topic: TOPIC.into(),
+            member_id: None,
+            session_timeout_ms: SESSION_MS,
+            rebalance_timeout_ms: REBALANCE_MS,
+        },
+        0,
+    );
+    assert_eq!(
+        other_group,
+        Response::JoinGroup {
+            result: Err(ErrorCode::InvalidRequest)
+        },
+        "too many groups"
+    );
+    let unknown_topic = core.handle(
+        Request::JoinGroup {
+            group: GROUP.into(),
+            topic: "nope".into(),
+            member_id: Some(a.clone()),
+            session_timeout_ms: SESSION_MS,
+            rebalance_timeout_ms: REBALANCE_MS,
+        },
+        0,
+    );
+    assert_eq!(
+        unknown_topic,
+        Response::JoinGroup {
+            result: Err(ErrorCode::UnknownTopicOrPartition)
+        }
+    );
+    assert_eq!(
+        join_with(&mut core, Some(&a), 1, REBALANCE_MS, 0),
+        Err(ErrorCode::InvalidRequest),
+        "session timeout below the minimum"
+    );
+    assert_eq!(
+        join_with(&mut core, Some(&a), SESSION_MS, 0, 0),
+        Err(ErrorCode::InvalidRequest)
+    );
+    assert_eq!(
+        join(&mut core, Some(&"x".repeat(MAX_MEMBER_ID_BYTES + 1)), 0),
+        Err(ErrorCode::InvalidRequest)
+    );
+    assert_eq!(
+        join(&mut core, Some("member-999"), 0),
+        Err(ErrorCode::UnknownMemberId)
+    );
+    let long_group = core.handle(
+        Request::Heartbeat {
+            group: "g".repeat(crate::broker::MAX_GROUP_ID_BYTES + 1),
+            member_id: a.clone(),
+            generation: 0,
+        },
+        0,
+    );
+    assert_eq!(
+        long_group,
+        Response::Heartbeat {
+            result: Err(ErrorCode::InvalidRequest)
+        }
+    );
+    // A new member whose id cannot be made durable is not admitted.
+    let mut core = open(&disk, &group_config(), 0);
+    disk.set_failures(true, false);
+    assert_eq!(join(&mut core, None, 0), Err(ErrorCode::StorageError));
+    assert!(core.groups().is_empty());
+    disk.set_failures(false, false);
+    let retry_ms = group_config().storage_retry_ms;
+    assert!(matches!(
+        join(&mut core, None, retry_ms),
+        Ok(JoinOutcome::Pending { .. })
+    ));
+}
+
+#[test]
+fn the_group_state_is_part_of_the_digest_deterministically() {
+    let run = || {
+        let disk = MemDisk::default();
+        let (mut core, a, _, _, _) = stable_pair(&disk);
+        let empty_digest = open(&MemDisk::default(), &group_config(), 0).state_digest();
+        let before = core.state_digest();
+        assert_eq!(heartbeat(&mut core, &a, 1, 40), Ok(()));
+        assert_ne!(core.state_digest(), before, "last seen times count");
+        (before, core.state_digest(), empty_digest)
+    };
+    let first = run();
+    assert_eq!(first, run());
+    assert_ne!(first.0, first.2);
 }

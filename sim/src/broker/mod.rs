@@ -14,6 +14,9 @@
 //!   batches in the log, so dedup survives restarts.
 //! - Fetch from an offset (bounded), watermarks, partition counts, and durable
 //!   consumer-group offsets.
+//! - Consumer groups (`groups`): a coordinator with the eager protocol
+//!   (JoinGroup / Heartbeat / LeaveGroup, range assignment, generations that
+//!   fence stale commits), membership in memory only.
 //! - Injected faults ([`BrokerFaults`]): lost acks, request errors, slowness.
 //!
 //! [`BrokerCore`] is a plain state machine (request in, response out) over
@@ -22,6 +25,7 @@
 
 mod core;
 mod faults;
+mod groups;
 mod observer;
 mod partition;
 mod producer_state;
@@ -31,6 +35,7 @@ mod storage;
 
 pub use self::core::{BrokerCore, BrokerStats};
 pub use faults::{BrokerFaultConfig, BrokerFaultError, BrokerFaultStats, BrokerFaults, RequestPlan};
+pub use groups::{GroupStats, GroupView, MAX_GROUP_ID_BYTES, MAX_MEMBER_ID_BYTES};
 pub use observer::BrokerObserver;
 pub use server::BrokerHost;
 
@@ -128,6 +133,21 @@ pub struct BrokerConfig {
     pub state_log_max_bytes: u64,
     /// Delay before the server retries opening storage that failed.
     pub storage_retry_ms: u64,
+    /// Most consumer groups with members at once; a JoinGroup that would
+    /// create one more is refused (`InvalidRequest`).
+    pub max_groups: usize,
+    /// Most members of one group; a new member beyond it is refused
+    /// (`InvalidRequest`).
+    pub max_members_per_group: usize,
+    /// Shortest session timeout a member may ask for.
+    pub group_min_session_timeout_ms: u64,
+    /// Longest session timeout a member may ask for.
+    pub group_max_session_timeout_ms: u64,
+    /// Longest rebalance timeout a member may ask for.
+    pub group_max_rebalance_timeout_ms: u64,
+    /// The server expires sessions and ends overdue rebalances this often
+    /// (they are also evaluated on every group request).
+    pub group_tick_ms: u64,
 }
 
 impl BrokerConfig {
@@ -151,6 +171,12 @@ impl BrokerConfig {
             max_producers_per_partition: 1024,
             state_log_max_bytes: 256 * 1024,
             storage_retry_ms: 100,
+            max_groups: 1024,
+            max_members_per_group: 1024,
+            group_min_session_timeout_ms: 100,
+            group_max_session_timeout_ms: 1_800_000,
+            group_max_rebalance_timeout_ms: 600_000,
+            group_tick_ms: 1_000,
         }
     }
 
@@ -196,11 +222,25 @@ impl BrokerConfig {
             ),
             ("state_log_max_bytes", self.state_log_max_bytes),
             ("storage_retry_ms", self.storage_retry_ms),
+            ("max_groups", self.max_groups as u64),
+            ("max_members_per_group", self.max_members_per_group as u64),
+            ("group_min_session_timeout_ms", self.group_min_session_timeout_ms),
+            (
+                "group_max_rebalance_timeout_ms",
+                self.group_max_rebalance_timeout_ms,
+            ),
+            ("group_tick_ms", self.group_tick_ms),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(ConfigError::Limit(format!("{name} must be positive")));
             }
+        }
+        if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
+            return Err(ConfigError::Limit(format!(
+                "group_min_session_timeout_ms ({}) exceeds group_max_session_timeout_ms ({})",
+                self.group_min_session_timeout_ms, self.group_max_session_timeout_ms
+            )));
         }
         if let FlushPolicy::IntervalMs(0) = self.flush {
             return Err(ConfigError::Limit("flush interval must be positive".into()));
@@ -255,6 +295,10 @@ mod tests {
         let mut zero_interval = good.clone();
         zero_interval.flush = FlushPolicy::IntervalMs(0);
         assert!(matches!(zero_interval.validate(), Err(ConfigError::Limit(_))));
+
+        let mut session_range = good.clone();
+        session_range.group_max_session_timeout_ms = session_range.group_min_session_timeout_ms - 1;
+        assert!(matches!(session_range.validate(), Err(ConfigError::Limit(_))));
 
         let mut relative = good;
         relative.data_dir = PathBuf::from("broker");

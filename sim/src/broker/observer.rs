@@ -2,6 +2,7 @@
 //! the scenario runner and tests (between simulation steps).
 
 use super::core::BrokerCore;
+use super::groups::{GroupStats, GroupView};
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
@@ -56,5 +57,16 @@ impl BrokerObserver {
     /// [`BrokerCore::state_digest`] of the running core.
     pub fn state_digest(&self) -> Option<u64> {
         self.with_core(BrokerCore::state_digest)
+    }
+
+    /// [`BrokerCore::group_stats`] of the running core (counters restart
+    /// with the broker).
+    pub fn group_stats(&self) -> Option<GroupStats> {
+        self.with_core(BrokerCore::group_stats)
+    }
+
+    /// [`BrokerCore::groups`] of the running core.
+    pub fn groups(&self) -> Option<Vec<GroupView>> {
+        self.with_core(BrokerCore::groups)
     }
 }

@@ -6,7 +6,8 @@
 //! closed after `idle_timeout_ms`; a frame that does not decode closes the
 //! connection. A fetch with `max_wait_ms` waits (up to the configured bound)
 //! until a produce appends or the wait ends. Under `IntervalMs` a task syncs
-//! dirty partitions periodically.
+//! dirty partitions periodically; another expires consumer-group sessions
+//! and ends overdue rebalances every `group_tick_ms`.
 //!
 //! ```no_run
 //! use soilstream_sim::broker::{BrokerConfig, BrokerHost, TopicConfig};
@@ -97,6 +98,16 @@ impl BrokerHost {
                 loop {
                     tokio::time::sleep(period).await;
                     core.borrow_mut().on_tick(sim_now_ms());
+                }
+            });
+        }
+        {
+            let core = core.clone();
+            let period = Duration::from_millis(self.config.group_tick_ms);
+            tokio::task::spawn_local(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    core.borrow_mut().tick_groups(sim_now_ms());
                 }
             });
         }

@@ -1,5 +1,6 @@
 //! Clients of the simulated broker over turmoil TCP: [`SimProducer`]
-//! (`LogProducer`) and [`SimConsumer`] (`LogConsumer`).
+//! (`LogProducer`), [`SimConsumer`] (`LogConsumer`) and [`SimGroupConsumer`]
+//! (`GroupConsumer`).
 //!
 //! turmoil's TCP has no retransmission: a stream that lost a segment (a
 //! partition, a held link, a crashed peer) may never deliver again. So every
@@ -15,9 +16,11 @@
 
 mod connection;
 mod consumer;
+mod group;
 mod producer;
 
 pub use consumer::{ConsumerConfig, OffsetReset, SimConsumer};
+pub use group::{GroupConsumerConfig, SimGroupConsumer};
 pub use producer::{ProducerConfig, SimProducer};
 
 /// Why a client configuration was refused.
