@@ -9,7 +9,10 @@
 
 pub mod backfill;
 pub mod checker;
+pub mod downstream;
+pub mod hostile;
 pub mod ledger;
+pub mod qaqc;
 pub mod runner;
 pub mod scenario;
 pub mod sdcard;

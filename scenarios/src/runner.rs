@@ -9,6 +9,7 @@
 
 use crate::backfill::{self, BackfillReport};
 use crate::checker::{CheckOptions, CheckReport, check_topic};
+use crate::downstream::{DownstreamReport, DownstreamTopics, check_downstream};
 use crate::scenario::Scenario;
 use crate::timeline::{Action, TimedAction, expand};
 use crate::world::{
@@ -26,6 +27,27 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
+
+/// What the qaqc hosts did over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QaqcActivity {
+    /// Hosts.
+    pub instances: u32,
+    /// Boots of every host.
+    pub boots: u32,
+    /// Partition states rebuilt from the outputs.
+    pub rebuilds: u64,
+    /// Group changes the hosts saw.
+    pub rebalances: u64,
+    /// Output records read back by rebuilds.
+    pub records_read_back: u64,
+    /// Raw records read again after a restart and skipped.
+    pub replayed_skipped: u64,
+    /// Raw repeats dropped by dedup.
+    pub duplicates_dropped: u64,
+    /// Hostile records written.
+    pub hostile_records: u64,
+}
 
 /// How to run a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +82,10 @@ pub struct RunResult {
     pub registry_boots: u32,
     /// Simulated time of the first delivery report of any reading, ms.
     pub first_delivery_ms: Option<u64>,
+    /// The downstream checker's verdict (when the world has a QA/QC stage).
+    pub downstream: Option<DownstreamReport>,
+    /// qaqc hosts: boots, rebuilds and rebalances over the run.
+    pub qaqc_activity: QaqcActivity,
     /// Everything that failed: checker anomalies, expectations, liveness.
     pub failures: Vec<String>,
     /// Digest of the run's outcome (topic contents, tallies, drain time,
@@ -126,6 +152,22 @@ impl RunResult {
             let _ = writeln!(out, "{backfill}");
         }
         let _ = write!(out, "{}", self.check);
+        if let Some(downstream) = &self.downstream {
+            let q = &self.qaqc_activity;
+            let _ = writeln!(
+                out,
+                "qaqc: instances={} boots={} rebuilds={} rebalances={} read_back={} replayed_skipped={} duplicates_dropped={} hostile={}",
+                q.instances,
+                q.boots,
+                q.rebuilds,
+                q.rebalances,
+                q.records_read_back,
+                q.replayed_skipped,
+                q.duplicates_dropped,
+                q.hostile_records
+            );
+            let _ = write!(out, "{downstream}");
+        }
         let _ = writeln!(out, "digest: {:016x}", self.digest);
         if self.passed() {
             let _ = writeln!(out, "result: PASS");
@@ -310,6 +352,58 @@ fn apply(
         }
         Action::RegistryCrash => world.sim.crash(REGISTRY_HOST),
         Action::RegistryRestart => world.sim.bounce(REGISTRY_HOST),
+        Action::QaqcCrash(i) => world.sim.crash(qaqc_name(*i)),
+        Action::QaqcPowerOff(i) => {
+            let name = qaqc_name(*i);
+            world.sim.partition(name.as_str(), BROKER_HOST);
+            world.sim.partition(name.as_str(), REGISTRY_HOST);
+            world.sim.crash(name.as_str());
+        }
+        Action::QaqcStart(i) => {
+            let name = qaqc_name(*i);
+            world.qaqc[*i as usize].stopping.set(false);
+            world.sim.repair(name.as_str(), BROKER_HOST);
+            if !world.registry_cut_off {
+                world.sim.repair(name.as_str(), REGISTRY_HOST);
+            }
+            world.sim.bounce(name.as_str());
+        }
+        Action::QaqcPartition(i) => {
+            let name = qaqc_name(*i);
+            world.sim.partition(name.as_str(), BROKER_HOST);
+            world.sim.partition(name.as_str(), REGISTRY_HOST);
+        }
+        Action::QaqcRepair(i) => {
+            let name = qaqc_name(*i);
+            world.sim.repair(name.as_str(), BROKER_HOST);
+            if !world.registry_cut_off {
+                world.sim.repair(name.as_str(), REGISTRY_HOST);
+            }
+        }
+        Action::QaqcStop(i) => {
+            let handles = &world.qaqc[*i as usize];
+            handles.stopping.set(true);
+            if let Some(trigger) = handles.shutdown.borrow().as_ref() {
+                trigger.trigger();
+            }
+        }
+        Action::HostileRecords(count) => {
+            let count = *count;
+            let first_seq = u64::from(world.hostile_writers) * 100_000;
+            world.hostile_writers += 1;
+            let written = world.hostile.clone();
+            let failures = world.hostile_failures.clone();
+            let now_ms = world::since_epoch_ms(world.sim.elapsed());
+            let tick_ms = scenario.tick_ms;
+            world
+                .sim
+                .client(format!("hostile-{}", world.hostile_writers), async move {
+                    if let Err(e) = crate::hostile::write(count, first_seq, now_ms, tick_ms, written).await {
+                        failures.borrow_mut().push(e);
+                    }
+                    Ok(())
+                });
+        }
         Action::BackfillStart(index) => {
             backfill::start(world, scenario, seed, *index, timed.at_ms);
             if world.registry_cut_off {
@@ -328,6 +422,10 @@ fn apply(
             world.sim.bounce(name.as_str());
         }
     }
+}
+
+fn qaqc_name(instance: u32) -> String {
+    format!("qaqc-{instance}")
 }
 
 /// Whether every backfill of the scenario has started and ran to an end.
@@ -361,6 +459,21 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     loop {
         let elapsed_ms = world.sim.elapsed().as_millis() as u64;
         world.ledger.borrow_mut().set_now_ms(elapsed_ms);
+        for (i, handles) in world.qaqc.iter().enumerate() {
+            if !handles.started.get() && handles.start_at_ms <= elapsed_ms {
+                crate::qaqc::start_host(
+                    &mut world.sim,
+                    handles,
+                    scenario,
+                    i as u32,
+                    options.planted,
+                    world::EPOCH_MS,
+                );
+                if world.registry_cut_off {
+                    world.sim.partition(REGISTRY_HOST, handles.name.as_str());
+                }
+            }
+        }
         while next_action < actions.len() && actions[next_action].at_ms <= elapsed_ms {
             apply(
                 &mut world,
@@ -461,16 +574,91 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         ledger.loss_reported(&g.name, g.metrics.readings_dropped.get());
     }
 
+    // Phase 2b: the QA/QC stage catches up with the raw topic (windows of
+    // silent sensors close on the idle timeout), then stops cleanly.
+    if !world.qaqc.is_empty() {
+        let partitions = scenario.topology.partitions as i32;
+        let deadline_ms = world.sim.elapsed().as_millis() as u64 + 4 * 3_600_000;
+        loop {
+            let raw_high: Option<Vec<i64>> = world.broker.observer.with_core(|core| {
+                (0..partitions)
+                    .map(|p| core.high_watermark(RAW_TOPIC, p).unwrap_or(0))
+                    .collect()
+            });
+            let done = raw_high
+                .as_ref()
+                .is_some_and(|high| crate::qaqc::caught_up(&mut world.sim, &world.qaqc, high));
+            if done {
+                break;
+            }
+            if world.sim.elapsed().as_millis() as u64 >= deadline_ms {
+                let statuses: Vec<String> = world
+                    .qaqc
+                    .iter()
+                    .map(|h| format!("{}: {:?}", h.name, h.status.borrow().partitions))
+                    .collect();
+                failures.push(format!(
+                    "liveness: qaqc did not catch up with the raw topic {raw_high:?} within 4 h after the gateways stopped: {}",
+                    statuses.join("; ")
+                ));
+                break;
+            }
+            if let Err(e) = world.sim.step() {
+                failures.push(format!("simulation error while qaqc caught up: {e}"));
+                break;
+            }
+        }
+        for h in &world.qaqc {
+            h.stopping.set(true);
+            if let Some(trigger) = h.shutdown.borrow().as_ref() {
+                trigger.trigger();
+            }
+        }
+        let stop_deadline_ms = world.sim.elapsed().as_millis() as u64 + 600_000;
+        loop {
+            let running = world
+                .qaqc
+                .iter()
+                .filter(|h| h.started.get())
+                .any(|h| world.sim.is_host_running(h.name.as_str()));
+            if !running {
+                break;
+            }
+            if world.sim.elapsed().as_millis() as u64 >= stop_deadline_ms {
+                failures.push("qaqc hosts did not stop within 10 min".into());
+                break;
+            }
+            if let Err(e) = world.sim.step() {
+                failures.push(format!("simulation error while stopping qaqc: {e}"));
+                break;
+            }
+        }
+        for h in &world.qaqc {
+            for failure in h.failures.borrow().iter() {
+                failures.push(format!("{}: {failure}", h.name));
+            }
+        }
+        for failure in world.hostile_failures.borrow().iter() {
+            failures.push(format!("hostile writer: {failure}"));
+        }
+    }
+
     // Phase 3: read the raw topic to its end and decode it with the writer
     // schemas from the registry.
     type TopicRead = Option<Result<(Vec<ConsumedRecord>, Vec<Result<Reading, String>>), String>>;
     let read: Rc<RefCell<TopicRead>> = Rc::new(RefCell::new(None));
+    type DownstreamRead = Option<Result<DownstreamTopics, String>>;
+    let downstream_read: Rc<RefCell<DownstreamRead>> = Rc::new(RefCell::new(None));
+    let qaqc_settings = crate::qaqc::settings(scenario, 0, options.planted);
     {
         let read = read.clone();
+        let downstream_read = downstream_read.clone();
         let config = consumer_config(tick_ms);
         let stall_ms = (tick_ms * 300).max(60_000);
+        let with_qaqc = !world.qaqc.is_empty();
+        let topics = qaqc_settings.topics.clone();
         world.sim.client("checker", async move {
-            let result = match SimConsumer::new(config) {
+            let result = match SimConsumer::new(config.clone()) {
                 Ok(mut consumer) => match read_topic_to_end(&mut consumer, RAW_TOPIC, stall_ms).await {
                     Ok(records) => {
                         let decoded = decode_with_registry(&records, tick_ms).await;
@@ -481,6 +669,26 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
                 Err(e) => Err(e.to_string()),
             };
             *read.borrow_mut() = Some(result);
+            if with_qaqc {
+                let result = async {
+                    let mut consumer = SimConsumer::new(config).map_err(|e| e.to_string())?;
+                    let mut out = DownstreamTopics::default();
+                    for (topic, slot) in [
+                        (&topics.clean, &mut out.clean),
+                        (&topics.quarantine, &mut out.quarantine),
+                        (&topics.flags, &mut out.flags),
+                        (&topics.aggregates, &mut out.aggregates),
+                        (&topics.alerts, &mut out.alerts),
+                    ] {
+                        *slot = read_topic_to_end(&mut consumer, topic, stall_ms)
+                            .await
+                            .map_err(|e| format!("{topic}: {e}"))?;
+                    }
+                    Ok::<_, String>(out)
+                }
+                .await;
+                *downstream_read.borrow_mut() = Some(result);
+            }
             Ok(())
         });
     }
@@ -510,14 +718,87 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
             .map_or_else(|| Err("not decoded".to_owned()), |result| (*result).clone())
     };
 
-    // Phase 4: judge.
+    // Phase 4: judge. Hostile records are not the gateways': the raw
+    // checker does not see them; the downstream checker does.
+    let hostile: Vec<crate::hostile::HostileRecord> = world.hostile.borrow().clone();
+    let hostile_positions: BTreeSet<(i32, i64)> = hostile
+        .iter()
+        .map(|h| (h.position.partition, h.position.offset))
+        .collect();
+    let gateway_records: Vec<ConsumedRecord> = records
+        .iter()
+        .filter(|r| !hostile_positions.contains(&(r.partition, r.offset)))
+        .cloned()
+        .collect();
     let check = check_topic(
         &world.ledger.borrow(),
-        &records,
+        &gateway_records,
         scenario.topology.partitions,
         &decode,
         CheckOptions::default(),
     );
+    let downstream_topics = match downstream_read.borrow_mut().take() {
+        Some(Ok(topics)) => Some(topics),
+        Some(Err(e)) => {
+            failures.push(format!("cannot read the qaqc output topics: {e}"));
+            None
+        }
+        None if world.qaqc.is_empty() => None,
+        None => {
+            failures.push("the checker did not read the qaqc output topics".into());
+            None
+        }
+    };
+    let downstream = downstream_topics.as_ref().map(|topics| {
+        check_downstream(
+            &records,
+            &decode,
+            topics,
+            scenario.topology.partitions,
+            &qaqc_settings,
+        )
+    });
+    if let (Some(report), Some(topics)) = (&downstream, &downstream_topics) {
+        for (kind, list) in &report.anomalies {
+            failures.push(format!(
+                "{} {}: {}",
+                list.count,
+                kind.name(),
+                list.examples.join("; ")
+            ));
+        }
+        failures.extend(judge_hostile(&hostile, &topics.quarantine));
+        if report.tally.windows_revised < scenario.qaqc.min_revised_windows {
+            failures.push(format!(
+                "{} windows revised by late data, expected at least {}",
+                report.tally.windows_revised, scenario.qaqc.min_revised_windows
+            ));
+        }
+    }
+    let qaqc_activity = QaqcActivity {
+        instances: world.qaqc.len() as u32,
+        boots: world.qaqc.iter().map(|h| h.boots.get()).sum(),
+        rebuilds: world.qaqc.iter().map(|h| h.metrics.rebuilds.get()).sum(),
+        rebalances: world.qaqc.iter().map(|h| h.metrics.rebalances.get()).sum(),
+        records_read_back: world
+            .qaqc
+            .iter()
+            .map(|h| h.metrics.rebuild_records_read.get())
+            .sum(),
+        replayed_skipped: world.qaqc.iter().map(|h| h.metrics.replayed_skipped.get()).sum(),
+        duplicates_dropped: world
+            .qaqc
+            .iter()
+            .map(|h| h.metrics.duplicates_dropped.get())
+            .sum(),
+        hostile_records: hostile.len() as u64,
+    };
+    if qaqc_activity.rebalances < scenario.qaqc.min_rebalances {
+        failures.push(format!(
+            "the qaqc hosts saw {} rebalances, expected at least {}",
+            qaqc_activity.rebalances, scenario.qaqc.min_rebalances
+        ));
+    }
     let (backfill_reports, backfill_failures) = backfill::judge(
         scenario,
         &world.backfills,
@@ -608,6 +889,22 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     for report in &backfill_reports {
         digest.field(report.to_string().as_bytes());
     }
+    if let Some(topics) = &downstream_topics {
+        for r in topics
+            .clean
+            .iter()
+            .chain(&topics.quarantine)
+            .chain(&topics.flags)
+            .chain(&topics.aggregates)
+            .chain(&topics.alerts)
+        {
+            digest
+                .field(r.topic.as_bytes())
+                .i64(i64::from(r.partition))
+                .i64(r.offset)
+                .field(r.value.as_deref().unwrap_or_default());
+        }
+    }
     digest.u64(world.broker.observer.state_digest().unwrap_or(0));
     let simulated_ms = world.sim.elapsed().as_millis() as u64;
     RunResult {
@@ -621,10 +918,44 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         backfills: backfill_reports,
         registry_boots: registry_status.boots,
         first_delivery_ms,
+        downstream,
+        qaqc_activity,
         failures,
         digest: digest.finish(),
         wall_ms: wall_start.elapsed().as_millis() as u64,
     }
+}
+
+/// Each hostile record must be in quarantine, at its source position, with
+/// the reason its kind calls for.
+fn judge_hostile(hostile: &[crate::hostile::HostileRecord], quarantine: &[ConsumedRecord]) -> Vec<String> {
+    use soilstream::qaqc::records::{HEADER_REASON, HEADER_SRC_OFFSET, header_i64, header_str};
+    let by_source: BTreeMap<(i32, i64), &str> = quarantine
+        .iter()
+        .filter_map(|r| {
+            let src = header_i64(&r.headers, HEADER_SRC_OFFSET)?;
+            Some((
+                (r.partition, src),
+                header_str(&r.headers, HEADER_REASON).unwrap_or(""),
+            ))
+        })
+        .collect();
+    hostile
+        .iter()
+        .filter_map(|h| {
+            let got = by_source.get(&(h.position.partition, h.position.offset));
+            (got != Some(&h.expected.code())).then(|| {
+                format!(
+                    "hostile record ({}) at partition {} offset {}: expected quarantine as {}, got {:?}",
+                    h.what,
+                    h.position.partition,
+                    h.position.offset,
+                    h.expected.code(),
+                    got
+                )
+            })
+        })
+        .collect()
 }
 
 /// The world's epoch (for reports).

@@ -79,6 +79,72 @@ pub struct Scenario {
     /// SD-card logs backfilled during the run (`[[backfill]]`).
     #[serde(default, rename = "backfill")]
     pub backfills: Vec<Backfill>,
+    /// The QA/QC stage (`[qaqc]`).
+    #[serde(default)]
+    pub qaqc: QaqcStage,
+}
+
+/// Upper bound on qaqc instances in one world.
+pub const QAQC_INSTANCES_MAX: u32 = 16;
+
+/// The QA/QC stage of a world: `instances` qaqc hosts (`qaqc-0`, ...) in
+/// one consumer group on the raw topic, each on its own simulated disk and
+/// clock. The downstream checker judges their output topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QaqcStage {
+    /// Number of qaqc hosts (0: no QA/QC stage).
+    #[serde(default = "default_qaqc_instances")]
+    pub instances: u32,
+    /// When each host first starts, s (default: all at 0). Shorter than
+    /// `instances`: the others start at 0.
+    #[serde(default)]
+    pub start_at_s: Vec<u64>,
+    /// Local checkpoints every this many ms (0: none; state is always
+    /// rebuilt from the outputs).
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Consumer-group session timeout, ms.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Sensor-silent alerts after this long without a reading, ms.
+    #[serde(default)]
+    pub silent_after_ms: Option<u64>,
+    /// State horizon (`too_late` beyond it), ms.
+    #[serde(default)]
+    pub state_horizon_ms: Option<i64>,
+    /// Minimum number of windows that must end up revised (corrected by
+    /// late data): proves a scenario really exercised corrections.
+    #[serde(default)]
+    pub min_revised_windows: u64,
+    /// Minimum number of rebalances the instances must have seen.
+    #[serde(default)]
+    pub min_rebalances: u64,
+}
+
+fn default_qaqc_instances() -> u32 {
+    1
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    600_000
+}
+fn default_session_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for QaqcStage {
+    fn default() -> Self {
+        Self {
+            instances: default_qaqc_instances(),
+            start_at_s: Vec::new(),
+            checkpoint_interval_ms: default_checkpoint_interval_ms(),
+            session_timeout_ms: default_session_timeout_ms(),
+            silent_after_ms: None,
+            state_horizon_ms: None,
+            min_revised_windows: 0,
+            min_rebalances: 0,
+        }
+    }
 }
 
 /// An SD-card log backfilled with the backfill tool (`run_backfill`) while
@@ -465,6 +531,55 @@ pub enum Fault {
         /// Jump, ms (negative = back).
         jump_ms: i64,
     },
+    /// A qaqc host crashes (clean: sockets close) and restarts.
+    QaqcCrash {
+        /// Instance index.
+        instance: u32,
+        /// Start, s.
+        at_s: u64,
+        /// Downtime, s.
+        duration_s: u64,
+    },
+    /// A qaqc host loses power: partitioned, crashed with unsynced writes
+    /// lost and torn (its checkpoints), back after `duration_s`.
+    QaqcPowerLoss {
+        /// Instance index.
+        instance: u32,
+        /// Start, s.
+        at_s: u64,
+        /// Downtime, s.
+        duration_s: u64,
+    },
+    /// A qaqc host is cut off from the broker and the registry (its group
+    /// session expires; it must stop producing), then reconnected.
+    QaqcOutage {
+        /// Instance index.
+        instance: u32,
+        /// Start, s.
+        at_s: u64,
+        /// Length, s.
+        duration_s: u64,
+    },
+    /// A qaqc host stops cleanly (leaves the group) and starts again after
+    /// `duration_s`.
+    QaqcStop {
+        /// Instance index.
+        instance: u32,
+        /// Start, s.
+        at_s: u64,
+        /// Downtime, s.
+        duration_s: u64,
+    },
+    /// A hostile producer writes `count` bad records to the raw topic
+    /// (garbage bytes, unknown schema ids, NaN, huge values, year 9999,
+    /// negative moisture, wrong keys, bad identities); each must land in
+    /// quarantine with its reason, and nothing else may change.
+    HostileRecords {
+        /// When, s.
+        at_s: u64,
+        /// Records written (cycling through the kinds).
+        count: u32,
+    },
     /// The schema registry is unavailable: producers keep spooling and
     /// retry registration with backoff.
     RegistryOutage {
@@ -498,7 +613,23 @@ impl Fault {
             Fault::BrokerCrash { .. }
             | Fault::AckLoss { .. }
             | Fault::RequestErrors { .. }
-            | Fault::RegistryOutage { .. } => None,
+            | Fault::RegistryOutage { .. }
+            | Fault::QaqcCrash { .. }
+            | Fault::QaqcPowerLoss { .. }
+            | Fault::QaqcOutage { .. }
+            | Fault::QaqcStop { .. }
+            | Fault::HostileRecords { .. } => None,
+        }
+    }
+
+    /// The qaqc instance the fault hits, if it hits one.
+    pub fn qaqc_instance(&self) -> Option<u32> {
+        match self {
+            Fault::QaqcCrash { instance, .. }
+            | Fault::QaqcPowerLoss { instance, .. }
+            | Fault::QaqcOutage { instance, .. }
+            | Fault::QaqcStop { instance, .. } => Some(*instance),
+            _ => None,
         }
     }
 
@@ -521,7 +652,12 @@ impl Fault {
             | Fault::ReadCorruption { at_s, .. }
             | Fault::BitFlips { at_s, .. }
             | Fault::ClockJump { at_s, .. }
-            | Fault::RegistryOutage { at_s, .. } => *at_s,
+            | Fault::RegistryOutage { at_s, .. }
+            | Fault::QaqcCrash { at_s, .. }
+            | Fault::QaqcPowerLoss { at_s, .. }
+            | Fault::QaqcOutage { at_s, .. }
+            | Fault::QaqcStop { at_s, .. }
+            | Fault::HostileRecords { at_s, .. } => *at_s,
         }
     }
 
@@ -540,7 +676,11 @@ impl Fault {
             | Fault::DiskFull { at_s, duration_s, .. }
             | Fault::IoErrors { at_s, duration_s, .. }
             | Fault::ReadCorruption { at_s, duration_s, .. }
-            | Fault::RegistryOutage { at_s, duration_s, .. } => at_s + duration_s,
+            | Fault::RegistryOutage { at_s, duration_s, .. }
+            | Fault::QaqcCrash { at_s, duration_s, .. }
+            | Fault::QaqcPowerLoss { at_s, duration_s, .. }
+            | Fault::QaqcOutage { at_s, duration_s, .. }
+            | Fault::QaqcStop { at_s, duration_s, .. } => at_s + duration_s,
             Fault::FlappingLink {
                 at_s,
                 down_s,
@@ -555,7 +695,9 @@ impl Fault {
                 cycles,
                 ..
             } => at_s + u64::from(*cycles) * (down_s + up_s),
-            Fault::BitFlips { at_s, .. } | Fault::ClockJump { at_s, .. } => *at_s,
+            Fault::BitFlips { at_s, .. }
+            | Fault::ClockJump { at_s, .. }
+            | Fault::HostileRecords { at_s, .. } => *at_s,
         }
     }
 }
@@ -647,8 +789,34 @@ impl Scenario {
         if t.spool_segment_max_bytes == 0 || t.spool_segment_max_bytes > t.spool_max_bytes {
             return Err("topology.spool_segment_max_bytes must be 1..=spool_max_bytes".into());
         }
+        let q = &self.qaqc;
+        if q.instances > QAQC_INSTANCES_MAX {
+            return Err(format!("qaqc.instances must be 0..={QAQC_INSTANCES_MAX}"));
+        }
+        if q.start_at_s.len() > q.instances as usize || q.start_at_s.iter().any(|s| *s >= self.duration_s) {
+            return Err("qaqc.start_at_s: at most one time per instance, each before duration_s".into());
+        }
+        if q.session_timeout_ms < 10 * self.tick_ms || q.session_timeout_ms > 600_000 {
+            return Err("qaqc.session_timeout_ms must be at least 10 ticks and at most 600000".into());
+        }
         for (index, fault) in self.faults.iter().enumerate() {
             let at = format!("fault #{} ({fault:?})", index + 1);
+            if let Some(i) = fault.qaqc_instance()
+                && i >= q.instances
+            {
+                return Err(format!(
+                    "{at}: qaqc instance {i} does not exist (qaqc.instances = {})",
+                    q.instances
+                ));
+            }
+            if let Fault::HostileRecords { count, .. } = fault {
+                if q.instances == 0 {
+                    return Err(format!("{at}: hostile records need the qaqc stage"));
+                }
+                if *count == 0 || *count > 10_000 {
+                    return Err(format!("{at}: count must be 1..=10000"));
+                }
+            }
             if let Some(g) = fault.gateway()
                 && g >= t.gateways
             {

@@ -52,6 +52,20 @@ pub enum Action {
     RegistryCrash,
     /// Restart the registry host.
     RegistryRestart,
+    /// Crash a qaqc host (clean: sockets close).
+    QaqcCrash(u32),
+    /// Power cut of a qaqc host (partitioned, crashed, unsynced writes lost).
+    QaqcPowerOff(u32),
+    /// Start a qaqc host again (after a crash, power cut or stop).
+    QaqcStart(u32),
+    /// Cut a qaqc host off from the broker and the registry.
+    QaqcPartition(u32),
+    /// Reconnect a qaqc host.
+    QaqcRepair(u32),
+    /// Stop a qaqc host cleanly (it leaves the group).
+    QaqcStop(u32),
+    /// Write this many hostile records to the raw topic.
+    HostileRecords(u32),
     /// Start backfill number `n` of the scenario (its index in `[[backfill]]`).
     BackfillStart(usize),
     /// Power cut of a backfill host (the run is killed halfway).
@@ -212,6 +226,39 @@ pub fn expand(scenario: &Scenario) -> Vec<TimedAction> {
                 at_s,
                 jump_ms,
             } => push(at_s, Action::ClockJump(gateway, jump_ms)),
+            Fault::QaqcCrash {
+                instance,
+                at_s,
+                duration_s,
+            } => {
+                push(at_s, Action::QaqcCrash(instance));
+                push(at_s + duration_s, Action::QaqcStart(instance));
+            }
+            Fault::QaqcPowerLoss {
+                instance,
+                at_s,
+                duration_s,
+            } => {
+                push(at_s, Action::QaqcPowerOff(instance));
+                push(at_s + duration_s, Action::QaqcStart(instance));
+            }
+            Fault::QaqcOutage {
+                instance,
+                at_s,
+                duration_s,
+            } => {
+                push(at_s, Action::QaqcPartition(instance));
+                push(at_s + duration_s, Action::QaqcRepair(instance));
+            }
+            Fault::QaqcStop {
+                instance,
+                at_s,
+                duration_s,
+            } => {
+                push(at_s, Action::QaqcStop(instance));
+                push(at_s + duration_s, Action::QaqcStart(instance));
+            }
+            Fault::HostileRecords { at_s, count } => push(at_s, Action::HostileRecords(count)),
             Fault::RegistryOutage {
                 at_s,
                 duration_s,

@@ -4,7 +4,9 @@
 //! world when their backfill starts ([`crate::backfill`]).
 
 use crate::backfill::BackfillHandles;
+use crate::hostile::HostileRecord;
 use crate::ledger::{Ledger, LedgerObserver};
+use crate::qaqc::QaqcHandles;
 use crate::scenario::Scenario;
 use soilstream::gateway::config::{ForwarderConfig, SamplerConfig, SyncPolicy};
 use soilstream::gateway::{
@@ -53,15 +55,27 @@ pub enum PlantedBug {
     TruncateAtFirstBadCrc,
     /// New segment files are created without `sync_dir`.
     SkipSegmentSyncDir,
+    /// qaqc commits input offsets before its outputs are acknowledged.
+    QaqcCommitBeforeAck,
+    /// qaqc does not rebuild its dedup state from the outputs after a restart.
+    QaqcDedupNotRebuilt,
+    /// qaqc closes windows by arrival (processor) time and never revises them.
+    QaqcWindowsOnArrivalTime,
+    /// qaqc drops readings an hour behind the partition's newest event time.
+    QaqcLateReadingsDropped,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::CursorBeforeDelivery,
         PlantedBug::TruncateAtFirstBadCrc,
         PlantedBug::SkipSegmentSyncDir,
+        PlantedBug::QaqcCommitBeforeAck,
+        PlantedBug::QaqcDedupNotRebuilt,
+        PlantedBug::QaqcWindowsOnArrivalTime,
+        PlantedBug::QaqcLateReadingsDropped,
     ];
 
     /// The name used on the command line.
@@ -72,6 +86,10 @@ impl PlantedBug {
             PlantedBug::CursorBeforeDelivery => "cursor-before-delivery",
             PlantedBug::TruncateAtFirstBadCrc => "truncate-at-first-bad-crc",
             PlantedBug::SkipSegmentSyncDir => "skip-segment-sync-dir",
+            PlantedBug::QaqcCommitBeforeAck => "qaqc-commit-before-ack",
+            PlantedBug::QaqcDedupNotRebuilt => "qaqc-dedup-not-rebuilt",
+            PlantedBug::QaqcWindowsOnArrivalTime => "qaqc-windows-on-arrival-time",
+            PlantedBug::QaqcLateReadingsDropped => "qaqc-late-readings-dropped",
         }
     }
 
@@ -119,6 +137,14 @@ pub struct World<'a> {
     pub gateways: Vec<GatewayHandles>,
     /// Backfills started so far, in start order.
     pub backfills: Vec<BackfillHandles>,
+    /// The qaqc hosts.
+    pub qaqc: Vec<QaqcHandles>,
+    /// Hostile records written so far.
+    pub hostile: Rc<RefCell<Vec<HostileRecord>>>,
+    /// Hostile writers that failed, with the error.
+    pub hostile_failures: Rc<RefCell<Vec<String>>>,
+    /// Hostile writers started so far.
+    pub hostile_writers: u32,
     /// The shared ledger.
     pub ledger: Rc<RefCell<Ledger>>,
 }
@@ -131,6 +157,12 @@ impl World<'_> {
             .iter()
             .map(|g| g.name.clone())
             .chain(self.backfills.iter().map(|b| b.name.clone()))
+            .chain(
+                self.qaqc
+                    .iter()
+                    .filter(|q| q.started.get())
+                    .map(|q| q.name.clone()),
+            )
             .collect()
     }
 }
@@ -207,10 +239,20 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
     }
     let mut sim = builder.build();
 
-    let mut broker_config = BrokerConfig::new(vec![TopicConfig {
+    let mut topics = vec![TopicConfig {
         name: RAW_TOPIC.into(),
         partitions: t.partitions,
-    }]);
+    }];
+    if scenario.qaqc.instances > 0 {
+        let names = crate::qaqc::settings(scenario, 0, planted).topics;
+        for name in names.outputs() {
+            topics.push(TopicConfig {
+                name: name.to_string(),
+                partitions: t.partitions,
+            });
+        }
+    }
+    let mut broker_config = BrokerConfig::new(topics);
     broker_config.port = BROKER_PORT;
     broker_config.flush = if t.broker_flush_interval_ms == 0 {
         FlushPolicy::EveryBatch
@@ -330,6 +372,12 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
         sim.host(name.as_str(), software);
         gateways.push(handles);
     }
+    let qaqc = crate::qaqc::handles(scenario, seed);
+    for (i, handles) in qaqc.iter().enumerate() {
+        if handles.start_at_ms == 0 {
+            crate::qaqc::start_host(&mut sim, handles, scenario, i as u32, planted, EPOCH_MS);
+        }
+    }
     World {
         sim,
         broker,
@@ -337,6 +385,10 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
         registry_cut_off: false,
         gateways,
         backfills: Vec::new(),
+        qaqc,
+        hostile: Rc::new(RefCell::new(Vec::new())),
+        hostile_failures: Rc::new(RefCell::new(Vec::new())),
+        hostile_writers: 0,
         ledger,
     }
 }

@@ -29,7 +29,22 @@ fn ci_seeds() -> std::ops::RangeInclusive<u64> {
     a..=b
 }
 
+/// Logs of the simulated components on stderr when `SOILSTREAM_LOG` is set
+/// (e.g. `soilstream::qaqc=info`), for debugging a failing seed.
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("SOILSTREAM_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
+}
+
 fn run(scenario: &Scenario, seed: u64, planted: PlantedBug) -> RunResult {
+    init_logs();
     run_scenario(scenario, RunOptions { seed, planted })
 }
 
@@ -45,6 +60,9 @@ fn passes_ci_seeds(name: &str) {
             if result.passed() { "PASS" } else { "FAIL" },
             result.wall_ms
         );
+        if std::env::var_os("SOILSTREAM_SIM_VERBOSE").is_some() {
+            eprintln!("{}", result.summary());
+        }
         if !result.passed() {
             failures.push(format!(
                 "{}\nreproduce: soilstream sim run scenarios/{name}.toml --seed {seed}\n",

@@ -224,12 +224,26 @@ pub async fn serve_metrics(
     metrics: GatewayMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_metrics_text(listener, Arc::new(move || metrics.render()), shutdown).await
+}
+
+/// Renders a component's metrics in the OpenMetrics text format.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `GET /metrics` (what `render` gives, OpenMetrics text) and `GET
+/// /healthz` on `listener` until `shutdown` resolves: the one endpoint every
+/// component (gateway, qaqc, archive) exposes.
+pub async fn serve_metrics_text(
+    listener: tokio::net::TcpListener,
+    render: MetricsRenderer,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let body = metrics.render();
+                let body = render();
                 async move {
                     (
                         [(

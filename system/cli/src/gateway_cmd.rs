@@ -6,7 +6,7 @@ use soilstream::disk::StdDisk;
 use soilstream::gateway::config::{GatewayFileConfig, SourceConfig};
 use soilstream::gateway::observer::{GatewayObserver, JsonlLedger, NoObserver};
 use soilstream::gateway::{GatewayParts, GatewaySettings, ProducerFactory, Shutdown, run_gateway};
-use soilstream::metrics::{GatewayMetrics, serve_metrics};
+use soilstream::metrics::GatewayMetrics;
 use soilstream::registry::{
     HttpRegistryClient, HttpRegistryClientConfig, InProcessRegistry, SchemaRegistry, TcpConnector,
 };
@@ -135,7 +135,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     let metrics = GatewayMetrics::new();
     let (trigger, shutdown) = Shutdown::new();
-    let trigger = Rc::new(trigger);
 
     let observer: Rc<dyn GatewayObserver> = match &args.ledger {
         Some(path) => Rc::new(
@@ -176,53 +175,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         log_interval_ms: config.gateway.log_interval_ms,
     };
 
-    // Bind before starting: a taken port is a configuration error now, not
-    // a surprise at shutdown.
-    let metrics_listener = if config.metrics.listen.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
-            .await
-            .with_context(|| format!("binding the metrics endpoint on {}", config.metrics.listen))?;
-        tracing::info!(address = %listener.local_addr()?, "metrics endpoint at /metrics");
-        Some(listener)
-    };
-    let mut metrics_stop = shutdown.clone();
-    let metrics_server = async {
-        match metrics_listener {
-            Some(listener) => serve_metrics(
-                listener,
-                metrics.clone(),
-                async move { metrics_stop.wait().await },
-            )
-            .await
-            .context("metrics endpoint failed"),
-            None => Ok(()),
-        }
-    };
-    let signal_trigger = trigger.clone();
-    let mut stop = shutdown.clone();
-    let signals = async move {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            biased;
-            _ = stop.wait() => {}
-            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
-            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        }
-        signal_trigger.trigger();
-        anyhow::Ok(())
-    };
-    let gateway = async {
-        let result = run_gateway(settings, parts, shutdown.clone()).await;
-        // Whatever ended the gateway ends the endpoint and the signal wait.
-        trigger.trigger();
-        result
-    };
-    let (gateway_result, metrics_result, signal_result) = tokio::join!(gateway, metrics_server, signals);
+    let metrics_listener = crate::serve::bind_metrics(&config.metrics.listen).await?;
+    let render_metrics = metrics.clone();
+    let gateway_result = crate::serve::run_component(
+        metrics_listener,
+        std::sync::Arc::new(move || render_metrics.render()),
+        trigger,
+        shutdown.clone(),
+        run_gateway(settings, parts, shutdown),
+    )
+    .await?;
     gateway_result?;
-    metrics_result?;
-    signal_result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,9 @@ mod args;
 mod backfill_cmd;
 mod consume_cmd;
 mod gateway_cmd;
+mod qaqc_cmd;
 mod registry_cmd;
+mod serve;
 mod sim_cmd;
 mod spool_cmd;
 
@@ -29,6 +31,10 @@ enum Command {
     Gateway(gateway_cmd::Args),
     /// Print the readings of a topic, decoded, with partition, offset and times.
     Consume(consume_cmd::Args),
+    /// Run the QA/QC stream processor: raw readings into clean, quarantine,
+    /// flag revisions, window aggregates and alerts (embedded defaults
+    /// without --config).
+    Qaqc(qaqc_cmd::Args),
     /// Ingest an SD-card log (CSV) into the raw topic with the original event
     /// times; resumable, rate-limited.
     Backfill(backfill_cmd::Args),
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
     });
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Gateway(args) => block_on(gateway_cmd::run(args)),
+        Command::Qaqc(args) => block_on(qaqc_cmd::run(args)),
         Command::Consume(args) => block_on(consume_cmd::run(args)),
         Command::Backfill(args) => block_on(backfill_cmd::run(args)),
         Command::Spool(args) => spool_cmd::run(args),

@@ -28,11 +28,13 @@
 //! | [`alerts`] | the alert machines |
 //! | [`records`] | output records, schemas, codecs, headers |
 //! | [`state`] | one partition's state and every decision |
+//! | [`checkpoint`] | local checkpoints (an optimisation; the outputs are the truth) |
 //! | [`run`] | the component: group membership, rebuild, produce, commit |
 //! | [`metrics`] | the Prometheus metrics |
 //! | [`oracle`] | what the derived outputs must end up as, computed offline |
 
 pub mod alerts;
+pub mod checkpoint;
 pub mod checks;
 pub mod config;
 pub mod flags;

@@ -164,8 +164,16 @@ struct SchemaIds {
 }
 
 /// A delivery report: partition, ownership epoch, source offset, the
-/// aggregate's write sequence number if it is one, the result.
-type Delivered = (i32, u64, i64, Option<u64>, Result<RecordPosition, ProduceError>);
+/// aggregate's write sequence number if it is one, the output topic, the
+/// result.
+type Delivered = (
+    i32,
+    u64,
+    i64,
+    Option<u64>,
+    Rc<str>,
+    Result<RecordPosition, ProduceError>,
+);
 type Delivery = LocalBoxFuture<'static, Delivered>;
 
 struct Owned {
@@ -181,6 +189,10 @@ struct Owned {
     /// write order, with whether they were acknowledged.
     aggregates_in_flight: std::collections::VecDeque<(u64, super::records::WindowAggregate, bool)>,
     next_aggregate_seq: u64,
+    /// For each output topic, the offset after its last acknowledged record
+    /// (what a checkpoint records).
+    output_offsets: BTreeMap<String, i64>,
+    last_checkpoint: Instant,
 }
 
 impl Owned {
@@ -201,15 +213,41 @@ impl Owned {
     }
 }
 
+/// The parts the main loop itself works with.
+struct EngineParts {
+    clock: Rc<dyn Clock>,
+    group: Box<dyn GroupConsumer>,
+    producer_factory: ProducerFactory,
+    observer: Rc<dyn QaqcObserver>,
+    metrics: QaqcMetrics,
+}
+
+/// A rebuild running in the background.
+struct Rebuilding {
+    token: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A finished background rebuild.
+struct RebuildDone {
+    partition: i32,
+    token: u64,
+    rebuilt: Rebuilt,
+}
+
 struct Engine {
     settings: QaqcSettings,
-    parts: QaqcParts,
-    codecs: OutputCodecs,
+    parts: EngineParts,
+    rebuilder: Rc<Rebuilder>,
     ids: SchemaIds,
-    decoder: ReadingDecoder,
-    writers: RefCell<BTreeMap<u32, Option<Schema>>>,
     producer: Rc<dyn LogProducer>,
     owned: BTreeMap<i32, Owned>,
+    /// Assigned partitions whose committed offset is still to be asked.
+    awaiting_committed: Vec<i32>,
+    rebuilding: BTreeMap<i32, Rebuilding>,
+    rebuilt_tx: tokio::sync::mpsc::UnboundedSender<RebuildDone>,
+    rebuilt_rx: tokio::sync::mpsc::UnboundedReceiver<RebuildDone>,
+    next_token: u64,
     in_flight: FuturesUnordered<Delivery>,
     next_epoch: u64,
     delivery_failed: Option<ProduceError>,
@@ -265,24 +303,53 @@ pub async fn run_qaqc(
     else {
         return Ok(QaqcReport::default());
     };
-    let mut parts = parts;
-    parts
-        .group
+    let QaqcParts {
+        disk,
+        clock,
+        registry,
+        mut group,
+        reader_factory,
+        producer_factory,
+        observer,
+        metrics,
+    } = parts;
+    group
         .subscribe(&settings.topics.raw)
         .map_err(|e| QaqcError::Subscribe {
             topic: settings.topics.raw.clone(),
             reason: e.to_string(),
         })?;
-    let decoder = ReadingDecoder::with_registry(parts.registry.clone(), ReadingCodec::v1());
-    let mut engine = Engine {
-        settings,
-        parts,
+    let decoder = ReadingDecoder::with_registry(registry.clone(), ReadingCodec::v1());
+    let rebuilder = Rc::new(Rebuilder {
+        settings: settings.clone(),
+        reader_factory,
+        registry,
+        disk,
+        clock: clock.clone(),
+        metrics: metrics.clone(),
         codecs,
-        ids,
         decoder,
         writers: RefCell::new(BTreeMap::new()),
+    });
+    let (rebuilt_tx, rebuilt_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut engine = Engine {
+        settings,
+        parts: EngineParts {
+            clock,
+            group,
+            producer_factory,
+            observer,
+            metrics,
+        },
+        rebuilder,
+        ids,
         producer,
         owned: BTreeMap::new(),
+        awaiting_committed: Vec::new(),
+        rebuilding: BTreeMap::new(),
+        rebuilt_tx,
+        rebuilt_rx,
+        next_token: 1,
         in_flight: FuturesUnordered::new(),
         next_epoch: 1,
         delivery_failed: None,
@@ -354,312 +421,35 @@ fn decode_error_to_rejection(error: &DecodeError) -> Rejection {
     Rejection::new(reason, error.to_string())
 }
 
-impl Engine {
-    fn ctx(&self) -> (i64, &QaqcSettings, &QaqcMetrics) {
-        (self.parts.clock.now_ms(), &self.settings, &self.parts.metrics)
-    }
+/// What rebuilding a partition needs, shared with the background task that
+/// does it (the member keeps polling, so its session lives on while large
+/// partitions are read back).
+struct Rebuilder {
+    settings: QaqcSettings,
+    reader_factory: ReaderFactory,
+    registry: Rc<dyn SchemaRegistry>,
+    disk: Rc<dyn Disk>,
+    clock: Rc<dyn Clock>,
+    metrics: QaqcMetrics,
+    codecs: OutputCodecs,
+    decoder: ReadingDecoder,
+    writers: RefCell<BTreeMap<u32, Option<Schema>>>,
+}
 
-    async fn run(&mut self, shutdown: &mut Shutdown) {
-        let q = self.settings.qaqc.clone();
-        let mut next_commit = Instant::now() + Duration::from_millis(q.commit_interval_ms);
-        let mut next_timer = Instant::now() + Duration::from_millis(q.timer_interval_ms);
-        let mut next_log = Instant::now() + Duration::from_millis(q.log_interval_ms.max(1));
-        let mut backoff = Backoff::new(q.poll_wait_ms.max(1), 30_000);
-        loop {
-            if shutdown.is_triggered() {
-                break;
-            }
-            self.harvest();
-            if let Some(error) = self.delivery_failed.take() {
-                self.recover(error, shutdown).await;
-                continue;
-            }
-            let in_flight = self.in_flight.len();
-            self.parts.metrics.in_flight_outputs.set(in_flight as i64);
-            if in_flight >= q.max_in_flight_outputs {
-                // Input paused: wait for acknowledgements (bounded, so the
-                // group membership is still kept up by the next poll).
-                let wait = Duration::from_millis(q.poll_wait_ms);
-                tokio::select! {
-                    biased;
-                    _ = shutdown.wait() => break,
-                    done = self.in_flight.next() => if let Some(done) = done { self.delivered(done) },
-                    _ = sleep(wait) => {}
-                }
-                if self.in_flight.len() >= q.max_in_flight_outputs {
-                    // Keep the membership alive without taking more input.
-                    self.parts.group.set_fetching(false);
-                } else {
-                    self.parts.group.set_fetching(true);
-                }
-            } else {
-                self.parts.group.set_fetching(true);
-            }
-            let event = tokio::select! {
-                biased;
-                _ = shutdown.wait() => break,
-                event = self.parts.group.poll(q.poll_wait_ms) => event,
-            };
-            match event {
-                Ok(GroupEvent::Records(records)) => {
-                    backoff.reset();
-                    if !records.is_empty() {
-                        self.process(records).await;
-                    }
-                }
-                Ok(GroupEvent::Assigned {
-                    generation,
-                    partitions,
-                }) => {
-                    tracing::info!(generation, ?partitions, "partitions assigned");
-                    self.parts.metrics.rebalances.inc();
-                    self.report.assignments += partitions.len() as u64;
-                    self.parts.observer.on_assigned(&partitions);
-                    for partition in partitions {
-                        if !self.take_ownership(partition, shutdown).await {
-                            break;
-                        }
-                    }
-                }
-                Ok(GroupEvent::Revoked(partitions)) => {
-                    tracing::info!(?partitions, "partitions revoked");
-                    self.parts.metrics.rebalances.inc();
-                    self.release(&partitions, false).await;
-                }
-                Ok(GroupEvent::Lost(partitions)) => {
-                    tracing::warn!(?partitions, "partitions lost (session expired or fenced)");
-                    self.parts.metrics.rebalances.inc();
-                    self.release(&partitions, true).await;
-                }
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64, "poll failed");
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.wait() => break,
-                        _ = sleep(delay) => {}
-                    }
-                }
-            }
-            self.harvest();
-            let now = Instant::now();
-            if now >= next_timer {
-                next_timer = now + Duration::from_millis(q.timer_interval_ms);
-                self.timers();
-            }
-            if now >= next_commit {
-                next_commit = now + Duration::from_millis(q.commit_interval_ms);
-                self.commit_all().await;
-            }
-            if q.log_interval_ms > 0 && now >= next_log {
-                next_log = now + Duration::from_millis(q.log_interval_ms);
-                tracing::info!(metrics = %self.parts.metrics.summary(), "qaqc status");
-            }
-            self.publish_status();
-        }
-        // Shutdown: wait for what is in flight (bounded), commit, leave.
-        let deadline = Instant::now() + Duration::from_millis(q.revoke_wait_max_ms);
-        while !self.in_flight.is_empty() && Instant::now() < deadline {
-            match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
-                Ok(Some(done)) => self.delivered(done),
-                _ => break,
-            }
-        }
-        if self.delivery_failed.is_none() {
-            self.commit_all().await;
-        }
-        self.parts.group.leave().await;
-        self.owned.clear();
-        self.publish_status();
-    }
+/// A rebuilt partition: state, records read, resume offset, output offsets.
+type Rebuilt = (PartitionState, u64, i64, BTreeMap<String, i64>);
 
-    fn publish_status(&self) {
-        let status = QaqcStatus {
-            partitions: self
-                .owned
-                .iter()
-                .map(|(p, o)| {
-                    (
-                        *p,
-                        OwnedPartitionStatus {
-                            position: o.position,
-                            committed: o.committed,
-                            pending_outputs: o.pending_outputs(),
-                            state: o.state.status(),
-                        },
-                    )
-                })
-                .collect(),
-            blocked: false,
-        };
-        let open: usize = status.partitions.values().map(|p| p.state.dirty_windows).sum();
-        let sensors: usize = status.partitions.values().map(|p| p.state.sensors).sum();
-        self.parts.metrics.open_windows.set(open as i64);
-        self.parts.metrics.sensors.set(sensors as i64);
-        self.parts.observer.on_status(&status);
-    }
-
-    /// Collects the delivery reports that are ready.
-    fn harvest(&mut self) {
-        while let Some(Some(done)) = self.in_flight.next().now_or_never() {
-            self.delivered(done);
-        }
-    }
-
-    fn delivered(&mut self, (partition, epoch, src, aggregate_seq, result): Delivered) {
-        let Some(owned) = self.owned.get_mut(&partition).filter(|o| o.epoch == epoch) else {
-            return; // a partition no longer (or not in this epoch) owned
-        };
-        if let Some(count) = owned.pending.get_mut(&src) {
-            *count -= 1;
-            if *count == 0 {
-                owned.pending.remove(&src);
-            }
-        }
-        if let Err(error) = result {
-            self.parts.metrics.delivery_failures.inc();
-            if self.delivery_failed.is_none() {
-                self.delivery_failed = Some(error);
-            }
-            return;
-        }
-        let Some(seq) = aggregate_seq else {
-            return;
-        };
-        if let Some(entry) = owned.aggregates_in_flight.iter_mut().find(|(s, _, _)| *s == seq) {
-            entry.2 = true;
-        }
-        // Hand acknowledged aggregates to the alert machines in write order.
-        let mut acknowledged = Vec::new();
-        while owned
-            .aggregates_in_flight
-            .front()
-            .is_some_and(|(_, _, acked)| *acked)
-        {
-            let (_, aggregate, _) = owned.aggregates_in_flight.pop_front().expect("checked");
-            acknowledged.push(aggregate);
-        }
-        if acknowledged.is_empty() {
-            return;
-        }
-        let now_ms = self.parts.clock.now_ms();
-        let ctx = Ctx {
-            settings: &self.settings,
-            now_ms,
-            metrics: &self.parts.metrics,
-        };
-        let outputs: Vec<Output> = acknowledged
-            .iter()
-            .flat_map(|aggregate| owned.state.aggregate_acknowledged(aggregate, &ctx))
-            .collect();
-        self.enqueue(partition, outputs);
-    }
-
-    /// A delivery failed: outputs may be missing anywhere. New producer
-    /// session; every owned partition is rebuilt from what is durable.
-    async fn recover(&mut self, error: ProduceError, shutdown: &mut Shutdown) {
-        tracing::warn!(%error, "an output delivery failed; rebuilding every owned partition with a new producer");
-        let mut backoff = Backoff::new(500, 30_000);
-        let factory = &self.parts.producer_factory;
-        let Some(producer) = retry_until_shutdown("producer creation", &mut backoff, shutdown, || {
-            std::future::ready(factory())
-        })
-        .await
-        else {
-            return;
-        };
-        self.producer = producer;
-        let partitions: Vec<i32> = self.owned.keys().copied().collect();
-        self.owned.clear();
-        for partition in partitions {
-            if !self.take_ownership(partition, shutdown).await {
-                return;
-            }
-        }
-    }
-
-    /// Rebuilds a partition's state from its outputs, reconciles, and seeks
-    /// the input to the committed offset. `false` if shutdown came first.
-    async fn take_ownership(&mut self, partition: i32, shutdown: &mut Shutdown) -> bool {
+impl Rebuilder {
+    /// Rebuilds until it succeeds (backing off after failures).
+    async fn rebuild_until_done(self: Rc<Self>, partition: i32, resume: i64) -> Rebuilt {
         let mut backoff = Backoff::new(500, 30_000);
         loop {
-            let committed = tokio::select! {
-                biased;
-                _ = shutdown.wait() => return false,
-                result = self.parts.group.committed(&[partition]) => result,
-            };
-            let attempt = match committed {
-                Ok(offsets) => {
-                    let resume = offsets
-                        .iter()
-                        .find(|(p, _)| *p == partition)
-                        .and_then(|(_, offset)| *offset)
-                        .unwrap_or(0);
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.wait() => return false,
-                        result = self.rebuild(partition, resume) => result,
-                    }
-                }
-                Err(error) => Err(error),
-            };
-            match attempt {
-                Ok((state, records_read, resume)) => {
-                    let epoch = self.next_epoch;
-                    self.next_epoch += 1;
-                    let mut state = state;
-                    if self.settings.planted.skip_dedup_rebuild {
-                        state.forget_dedup();
-                    }
-                    let (now_ms, settings, metrics) = self.ctx();
-                    let ctx = Ctx {
-                        settings,
-                        now_ms,
-                        metrics,
-                    };
-                    let outputs = state.reconcile(resume, &ctx);
-                    let reconciled = outputs.len() as u64;
-                    self.owned.insert(
-                        partition,
-                        Owned {
-                            state,
-                            position: resume,
-                            committed: None,
-                            pending: BTreeMap::new(),
-                            epoch,
-                            aggregates_in_flight: std::collections::VecDeque::new(),
-                            next_aggregate_seq: 0,
-                        },
-                    );
-                    self.enqueue(partition, outputs);
-                    if let Err(error) = self.parts.group.seek(partition, resume) {
-                        tracing::warn!(partition, %error, "cannot seek; dropping the partition until the next assignment");
-                        self.owned.remove(&partition);
-                        return true;
-                    }
-                    self.parts.metrics.rebuilds.inc();
-                    self.parts.metrics.rebuild_records_read.inc_by(records_read);
-                    self.report.rebuilds += 1;
-                    self.parts
-                        .observer
-                        .on_rebuilt(partition, records_read, reconciled);
-                    tracing::info!(
-                        partition,
-                        records_read,
-                        reconciled,
-                        resume,
-                        "partition state rebuilt"
-                    );
-                    return true;
-                }
+            match self.rebuild(partition, resume).await {
+                Ok(rebuilt) => return rebuilt,
                 Err(error) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(partition, %error, retry_in_ms = delay.as_millis() as u64, "rebuild failed; retrying");
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.wait() => return false,
-                        _ = sleep(delay) => {}
-                    }
+                    sleep(delay).await;
                 }
             }
         }
@@ -669,7 +459,7 @@ impl Engine {
         if let Some(schema) = self.writers.borrow().get(&id) {
             return Ok(schema.clone());
         }
-        let schema = match self.parts.registry.schema_by_id(id).await {
+        let schema = match self.registry.schema_by_id(id).await {
             Ok(text) => Schema::parse_str(&text).ok(),
             Err(RegistryError::SchemaNotFound(_)) => None,
             Err(e) => return Err(ConsumeError::Unavailable(e.to_string())),
@@ -678,23 +468,35 @@ impl Engine {
         Ok(schema)
     }
 
-    /// Reads every output partition back and folds it into a fresh state.
-    async fn rebuild(&self, partition: i32, resume: i64) -> Result<(PartitionState, u64, i64), ConsumeError> {
+    /// Rebuilds a partition's state: from its checkpoint when one is valid,
+    /// then from every output partition's records after it (or all of them).
+    /// Returns the state, the records read, the resume offset and the
+    /// output offsets the state reflects.
+    async fn rebuild(
+        &self,
+        partition: i32,
+        resume: i64,
+    ) -> Result<(PartitionState, u64, i64, BTreeMap<String, i64>), ConsumeError> {
         let settings = &self.settings;
         let topics = &settings.topics;
         let stall = settings.qaqc.rebuild_stall_timeout_ms;
-        let mut state = PartitionState::new(partition);
+        let mut reader = (self.reader_factory)()?;
+        let checkpoint = self.usable_checkpoint(partition, reader.as_mut()).await?;
+        let (mut state, mut output_offsets) = match checkpoint {
+            Some(c) => (c.state, c.output_offsets),
+            None => (PartitionState::new(partition), BTreeMap::new()),
+        };
+        state.committed(resume);
         state.set_resume_offset(resume);
         let mut read = 0u64;
-        let mut reader = (self.parts.reader_factory)()?;
-        let now_ms = self.parts.clock.now_ms();
-        let metrics = &self.parts.metrics;
+        let now_ms = self.clock.now_ms();
+        let metrics = &self.metrics;
         let ctx = Ctx {
             settings,
             now_ms,
             metrics,
         };
-        // Order matters: alerts before aggregates (the ledger counts emitted
+        // Order matters: alerts before aggregates (the ledger counts written
         // transitions before the machines replay), clean before flags.
         for topic in [
             &topics.quarantine,
@@ -703,16 +505,64 @@ impl Engine {
             &topics.alerts,
             &topics.aggregates,
         ] {
-            let mut part_reader = PartitionReader::start(reader.as_mut(), topic, partition, 0, stall).await?;
+            let from = output_offsets.get(topic.as_str()).copied().unwrap_or(0);
+            let mut part_reader =
+                PartitionReader::start(reader.as_mut(), topic, partition, from, stall).await?;
+            let end = part_reader.end_offset();
             while let Some(batch) = part_reader.next_batch().await? {
                 for record in batch {
                     read += 1;
                     self.fold(&mut state, topic, &record, &ctx).await?;
                 }
             }
+            output_offsets.insert(topic.to_string(), end.max(from));
         }
         state.committed(resume);
-        Ok((state, read, resume))
+        Ok((state, read, resume, output_offsets))
+    }
+
+    /// The partition's checkpoint, if it is intact, written with these
+    /// settings and not ahead of any output partition.
+    async fn usable_checkpoint(
+        &self,
+        partition: i32,
+        reader: &mut dyn LogConsumer,
+    ) -> Result<Option<super::checkpoint::Checkpoint>, ConsumeError> {
+        let settings = &self.settings;
+        if settings.qaqc.checkpoint_interval_ms == 0 {
+            return Ok(None);
+        }
+        let loaded = super::checkpoint::load(self.disk.as_ref(), &settings.qaqc.state_dir, partition);
+        let checkpoint = match loaded {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                tracing::warn!(partition, %error, "checkpoint not usable; rebuilding from the outputs");
+                return Ok(None);
+            }
+        };
+        if checkpoint.settings_digest != super::checkpoint::settings_digest(settings) {
+            tracing::info!(
+                partition,
+                "checkpoint written with other settings; rebuilding from the outputs"
+            );
+            return Ok(None);
+        }
+        for topic in settings.topics.outputs() {
+            let recorded = checkpoint.output_offsets.get(topic).copied().unwrap_or(0);
+            let (_, high) = reader.watermarks(topic, partition).await?;
+            if high < recorded {
+                tracing::warn!(
+                    partition,
+                    topic,
+                    recorded,
+                    high,
+                    "checkpoint is ahead of the topic (data lost by the broker?); rebuilding from the outputs"
+                );
+                return Ok(None);
+            }
+        }
+        Ok(Some(checkpoint))
     }
 
     async fn fold(
@@ -789,6 +639,376 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    async fn run(&mut self, shutdown: &mut Shutdown) {
+        let q = self.settings.qaqc.clone();
+        let mut next_commit = Instant::now() + Duration::from_millis(q.commit_interval_ms);
+        let mut next_timer = Instant::now() + Duration::from_millis(q.timer_interval_ms);
+        let mut next_log = Instant::now() + Duration::from_millis(q.log_interval_ms.max(1));
+        let mut backoff = Backoff::new(q.poll_wait_ms.max(1), 30_000);
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            self.harvest();
+            if let Some(error) = self.delivery_failed.take() {
+                self.recover(error, shutdown).await;
+                continue;
+            }
+            let in_flight = self.in_flight.len();
+            self.parts.metrics.in_flight_outputs.set(in_flight as i64);
+            if in_flight >= q.max_in_flight_outputs {
+                // Input paused: wait for acknowledgements (bounded, so the
+                // group membership is still kept up by the next poll).
+                let wait = Duration::from_millis(q.poll_wait_ms);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait() => break,
+                    done = self.in_flight.next() => if let Some(done) = done { self.delivered(done) },
+                    _ = sleep(wait) => {}
+                }
+                if self.in_flight.len() >= q.max_in_flight_outputs {
+                    // Keep the membership alive without taking more input.
+                    self.parts.group.set_fetching(false);
+                } else {
+                    self.parts.group.set_fetching(true);
+                }
+            } else {
+                self.parts.group.set_fetching(true);
+            }
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.wait() => break,
+                event = self.parts.group.poll(q.poll_wait_ms) => event,
+            };
+            match event {
+                Ok(GroupEvent::Records(records)) => {
+                    backoff.reset();
+                    if !records.is_empty() {
+                        self.process(records).await;
+                    }
+                }
+                Ok(GroupEvent::Assigned {
+                    generation,
+                    partitions,
+                }) => {
+                    tracing::info!(generation, ?partitions, "partitions assigned");
+                    self.parts.metrics.rebalances.inc();
+                    self.report.assignments += partitions.len() as u64;
+                    self.parts.observer.on_assigned(&partitions);
+                    self.cancel_rebuilds(&partitions);
+                    self.awaiting_committed.extend(partitions);
+                }
+                Ok(GroupEvent::Revoked(partitions)) => {
+                    tracing::info!(?partitions, "partitions revoked");
+                    self.parts.metrics.rebalances.inc();
+                    self.cancel_rebuilds(&partitions);
+                    self.release(&partitions, false).await;
+                }
+                Ok(GroupEvent::Lost(partitions)) => {
+                    tracing::warn!(?partitions, "partitions lost (session expired or fenced)");
+                    self.parts.metrics.rebalances.inc();
+                    self.cancel_rebuilds(&partitions);
+                    self.release(&partitions, true).await;
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64, "poll failed");
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.wait() => break,
+                        _ = sleep(delay) => {}
+                    }
+                }
+            }
+            self.harvest();
+            self.install_rebuilt();
+            self.start_rebuilds().await;
+            let now = Instant::now();
+            if now >= next_timer {
+                next_timer = now + Duration::from_millis(q.timer_interval_ms);
+                self.timers();
+            }
+            if now >= next_commit {
+                next_commit = now + Duration::from_millis(q.commit_interval_ms);
+                self.commit_all().await;
+                self.checkpoints();
+            }
+            if q.log_interval_ms > 0 && now >= next_log {
+                next_log = now + Duration::from_millis(q.log_interval_ms);
+                tracing::info!(metrics = %self.parts.metrics.summary(), "qaqc status");
+            }
+            self.publish_status();
+        }
+        // Shutdown: wait for what is in flight (bounded), commit, leave.
+        let deadline = Instant::now() + Duration::from_millis(q.revoke_wait_max_ms);
+        while !self.in_flight.is_empty() && Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
+                Ok(Some(done)) => self.delivered(done),
+                _ => break,
+            }
+        }
+        if self.delivery_failed.is_none() {
+            self.commit_all().await;
+        }
+        let rebuilding: Vec<i32> = self.rebuilding.keys().copied().collect();
+        self.cancel_rebuilds(&rebuilding);
+        self.parts.group.leave().await;
+        self.owned.clear();
+        self.publish_status();
+    }
+
+    fn publish_status(&self) {
+        let status = QaqcStatus {
+            partitions: self
+                .owned
+                .iter()
+                .map(|(p, o)| {
+                    (
+                        *p,
+                        OwnedPartitionStatus {
+                            position: o.position,
+                            committed: o.committed,
+                            pending_outputs: o.pending_outputs(),
+                            state: o.state.status(),
+                        },
+                    )
+                })
+                .collect(),
+            blocked: false,
+        };
+        let open: usize = status.partitions.values().map(|p| p.state.dirty_windows).sum();
+        let sensors: usize = status.partitions.values().map(|p| p.state.sensors).sum();
+        self.parts.metrics.open_windows.set(open as i64);
+        self.parts.metrics.sensors.set(sensors as i64);
+        self.parts.observer.on_status(&status);
+    }
+
+    /// Collects the delivery reports that are ready.
+    fn harvest(&mut self) {
+        while let Some(Some(done)) = self.in_flight.next().now_or_never() {
+            self.delivered(done);
+        }
+    }
+
+    fn delivered(&mut self, (partition, epoch, src, aggregate_seq, topic, result): Delivered) {
+        let Some(owned) = self.owned.get_mut(&partition).filter(|o| o.epoch == epoch) else {
+            return; // a partition no longer (or not in this epoch) owned
+        };
+        if let Some(count) = owned.pending.get_mut(&src) {
+            *count -= 1;
+            if *count == 0 {
+                owned.pending.remove(&src);
+            }
+        }
+        let position = match result {
+            Ok(position) => position,
+            Err(error) => {
+                self.parts.metrics.delivery_failures.inc();
+                if self.delivery_failed.is_none() {
+                    self.delivery_failed = Some(error);
+                }
+                return;
+            }
+        };
+        let next = owned.output_offsets.entry(topic.to_string()).or_insert(0);
+        *next = (*next).max(position.offset + 1);
+        let Some(seq) = aggregate_seq else {
+            return;
+        };
+        if let Some(entry) = owned.aggregates_in_flight.iter_mut().find(|(s, _, _)| *s == seq) {
+            entry.2 = true;
+        }
+        // Hand acknowledged aggregates to the alert machines in write order.
+        let mut acknowledged = Vec::new();
+        while owned
+            .aggregates_in_flight
+            .front()
+            .is_some_and(|(_, _, acked)| *acked)
+        {
+            let (_, aggregate, _) = owned.aggregates_in_flight.pop_front().expect("checked");
+            acknowledged.push(aggregate);
+        }
+        if acknowledged.is_empty() {
+            return;
+        }
+        let now_ms = self.parts.clock.now_ms();
+        let ctx = Ctx {
+            settings: &self.settings,
+            now_ms,
+            metrics: &self.parts.metrics,
+        };
+        let outputs: Vec<Output> = acknowledged
+            .iter()
+            .flat_map(|aggregate| owned.state.aggregate_acknowledged(aggregate, &ctx))
+            .collect();
+        self.enqueue(partition, outputs);
+    }
+
+    /// A delivery failed: outputs may be missing anywhere. New producer
+    /// session; every owned partition is rebuilt from what is durable.
+    async fn recover(&mut self, error: ProduceError, shutdown: &mut Shutdown) {
+        tracing::warn!(%error, "an output delivery failed; rebuilding every owned partition with a new producer");
+        let mut backoff = Backoff::new(500, 30_000);
+        let factory = &self.parts.producer_factory;
+        let Some(producer) = retry_until_shutdown("producer creation", &mut backoff, shutdown, || {
+            std::future::ready(factory())
+        })
+        .await
+        else {
+            return;
+        };
+        self.producer = producer;
+        let partitions: Vec<i32> = self.owned.keys().copied().collect();
+        self.owned.clear();
+        self.awaiting_committed.extend(partitions);
+    }
+
+    /// Asks for the committed offsets of the partitions waiting for them and
+    /// starts their rebuilds in the background.
+    async fn start_rebuilds(&mut self) {
+        if self.awaiting_committed.is_empty() {
+            return;
+        }
+        let partitions = self.awaiting_committed.clone();
+        let committed = match self.parts.group.committed(&partitions).await {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read committed offsets yet; retrying");
+                return;
+            }
+        };
+        self.awaiting_committed.clear();
+        for partition in partitions {
+            let resume = committed
+                .iter()
+                .find(|(p, _)| *p == partition)
+                .and_then(|(_, offset)| *offset)
+                .unwrap_or(0);
+            let token = self.next_token;
+            self.next_token += 1;
+            let rebuilder = self.rebuilder.clone();
+            let done = self.rebuilt_tx.clone();
+            let task = tokio::task::spawn_local(async move {
+                let rebuilt = rebuilder.rebuild_until_done(partition, resume).await;
+                let _ = done.send(RebuildDone {
+                    partition,
+                    token,
+                    rebuilt,
+                });
+            });
+            if let Some(old) = self.rebuilding.insert(partition, Rebuilding { token, task }) {
+                old.task.abort();
+            }
+        }
+    }
+
+    /// Installs the rebuilds that finished: reconciles, writes what the
+    /// outputs lack, and starts reading the partition.
+    fn install_rebuilt(&mut self) {
+        while let Ok(done) = self.rebuilt_rx.try_recv() {
+            let current = self.rebuilding.get(&done.partition).map(|r| r.token);
+            if current != Some(done.token) {
+                continue; // revoked or restarted meanwhile
+            }
+            self.rebuilding.remove(&done.partition);
+            let partition = done.partition;
+            let (mut state, records_read, resume, output_offsets) = done.rebuilt;
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            if self.settings.planted.skip_dedup_rebuild {
+                state.forget_dedup();
+            }
+            let now_ms = self.parts.clock.now_ms();
+            let ctx = Ctx {
+                settings: &self.settings,
+                now_ms,
+                metrics: &self.parts.metrics,
+            };
+            let outputs = state.reconcile(resume, &ctx);
+            let reconciled = outputs.len() as u64;
+            self.owned.insert(
+                partition,
+                Owned {
+                    state,
+                    position: resume,
+                    committed: None,
+                    pending: BTreeMap::new(),
+                    epoch,
+                    aggregates_in_flight: std::collections::VecDeque::new(),
+                    next_aggregate_seq: 0,
+                    output_offsets,
+                    last_checkpoint: Instant::now(),
+                },
+            );
+            self.enqueue(partition, outputs);
+            if let Err(error) = self.parts.group.seek(partition, resume) {
+                tracing::warn!(partition, %error, "cannot seek; dropping the partition until the next assignment");
+                self.owned.remove(&partition);
+                continue;
+            }
+            self.parts.metrics.rebuilds.inc();
+            self.parts.metrics.rebuild_records_read.inc_by(records_read);
+            self.report.rebuilds += 1;
+            self.parts
+                .observer
+                .on_rebuilt(partition, records_read, reconciled);
+            tracing::info!(
+                partition,
+                records_read,
+                reconciled,
+                resume,
+                "partition state rebuilt"
+            );
+        }
+    }
+
+    /// Stops the rebuilds of `partitions` (revoked or lost meanwhile).
+    fn cancel_rebuilds(&mut self, partitions: &[i32]) {
+        self.awaiting_committed.retain(|p| !partitions.contains(p));
+        for p in partitions {
+            if let Some(r) = self.rebuilding.remove(p) {
+                r.task.abort();
+            }
+        }
+    }
+
+    /// Writes a checkpoint of every partition whose outputs are all
+    /// acknowledged and whose last checkpoint is older than the interval.
+    fn checkpoints(&mut self) {
+        let interval_ms = self.settings.qaqc.checkpoint_interval_ms;
+        if interval_ms == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let digest = super::checkpoint::settings_digest(&self.settings);
+        for (partition, owned) in self.owned.iter_mut() {
+            let due = now.duration_since(owned.last_checkpoint) >= Duration::from_millis(interval_ms);
+            if !due || !owned.pending.is_empty() || !owned.aggregates_in_flight.is_empty() {
+                continue;
+            }
+            owned.last_checkpoint = now;
+            let checkpoint = super::checkpoint::Checkpoint {
+                partition: *partition,
+                settings_digest: digest,
+                output_offsets: owned.output_offsets.clone(),
+                state: owned.state.clone(),
+            };
+            match super::checkpoint::save(
+                self.rebuilder.disk.as_ref(),
+                &self.settings.qaqc.state_dir,
+                &checkpoint,
+            ) {
+                Ok(bytes) => {
+                    self.parts.metrics.checkpoints_written.inc();
+                    tracing::debug!(partition, bytes, "checkpoint written");
+                }
+                Err(error) => tracing::warn!(partition, %error, "cannot write a checkpoint"),
+            }
+        }
     }
 
     /// Revocation (`lost = false`): wait for the partitions' outputs
@@ -905,7 +1125,7 @@ impl Engine {
                 if record.offset < expected {
                     continue; // a repeat from a re-seek
                 }
-                let decoded = match self.decoder.decode(record.value.as_deref()).await {
+                let decoded = match self.rebuilder.decoder.decode(record.value.as_deref()).await {
                     Ok((schema_id, reading)) => Decoded::Reading { reading, schema_id },
                     Err(DecodeError::RegistryUnavailable { .. }) => {
                         // Not the record's fault: read it again later.
@@ -969,8 +1189,9 @@ impl Engine {
                         owned.aggregates_in_flight.push_back((seq, aggregate, false));
                         seq
                     });
+                    let topic: Rc<str> = Rc::from(topic.as_str());
                     self.in_flight
-                        .push(track(partition, epoch, src, aggregate_seq, delivery));
+                        .push(track(partition, epoch, src, aggregate_seq, topic, delivery));
                 }
                 Err(error) => {
                     self.parts.metrics.delivery_failures.inc();
@@ -1010,7 +1231,7 @@ impl Engine {
                     HEADER_PAYLOAD_DIGEST.to_string(),
                     format!("{digest:016x}").into_bytes(),
                 ));
-                let body = self.codecs.clean.encode_body(&clean)?;
+                let body = self.rebuilder.codecs.clean.encode_body(&clean)?;
                 (
                     topics.clean.clone(),
                     clean.sensor_id.into_bytes(),
@@ -1053,7 +1274,7 @@ impl Engine {
                     revision.gateway_id.clone().into_bytes(),
                 ));
                 headers.push((HEADER_SEQ.to_string(), revision.seq.to_string().into_bytes()));
-                let body = self.codecs.flags.encode_body(&revision)?;
+                let body = self.rebuilder.codecs.flags.encode_body(&revision)?;
                 (
                     topics.flags.clone(),
                     revision.sensor_id.into_bytes(),
@@ -1062,7 +1283,7 @@ impl Engine {
                 )
             }
             OutputBody::Aggregate(aggregate) => {
-                let body = self.codecs.aggregates.encode_body(&aggregate)?;
+                let body = self.rebuilder.codecs.aggregates.encode_body(&aggregate)?;
                 (
                     topics.aggregates.clone(),
                     aggregate.sensor_id.clone().into_bytes(),
@@ -1071,7 +1292,7 @@ impl Engine {
                 )
             }
             OutputBody::Alert(alert) => {
-                let body = self.codecs.alerts.encode_body(&alert)?;
+                let body = self.rebuilder.codecs.alerts.encode_body(&alert)?;
                 (
                     topics.alerts.clone(),
                     alert.sensor_id.clone().into_bytes(),
@@ -1099,7 +1320,8 @@ fn track(
     epoch: u64,
     src: i64,
     aggregate_seq: Option<u64>,
+    topic: Rc<str>,
     delivery: DeliveryFuture,
 ) -> Delivery {
-    Box::pin(async move { (partition, epoch, src, aggregate_seq, delivery.await) })
+    Box::pin(async move { (partition, epoch, src, aggregate_seq, topic, delivery.await) })
 }

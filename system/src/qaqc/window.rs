@@ -187,6 +187,9 @@ impl WindowSlot {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SensorWindows {
     slots: BTreeMap<i64, WindowSlot>,
+    /// Starts of the windows that may be dirty (a superset: checked again
+    /// when used), so finding due windows never scans every window.
+    maybe_dirty: std::collections::BTreeSet<i64>,
 }
 
 /// The start of the window of size `size_ms` holding `event_time_ms`.
@@ -214,6 +217,7 @@ impl SensorWindows {
         });
         slot.acc.add(moisture_pct, temp_c, bulk_ec_ds_m);
         slot.depth_cm = depth_cm;
+        self.maybe_dirty.insert(start);
         start
     }
 
@@ -227,6 +231,11 @@ impl SensorWindows {
         });
         if slot.emitted.is_none_or(|e| e.revision < emitted.revision) {
             slot.emitted = Some(emitted);
+        }
+        if slot.is_dirty() {
+            self.maybe_dirty.insert(start);
+        } else {
+            self.maybe_dirty.remove(&start);
         }
     }
 
@@ -243,16 +252,23 @@ impl SensorWindows {
     /// Starts of dirty windows ending at or before `closed_until_ms` (all
     /// dirty windows if `None`).
     pub fn due(&self, size_ms: i64, closed_until_ms: Option<i64>) -> Vec<i64> {
-        self.slots
-            .iter()
-            .filter(|(start, slot)| slot.is_dirty() && closed_until_ms.is_none_or(|t| **start + size_ms <= t))
-            .map(|(start, _)| *start)
+        let candidates = match closed_until_ms {
+            // Windows ending at or before t start at or before t - size.
+            Some(t) => self.maybe_dirty.range(..=t.saturating_sub(size_ms)),
+            None => self.maybe_dirty.range(..),
+        };
+        candidates
+            .copied()
+            .filter(|start| self.slots.get(start).is_some_and(WindowSlot::is_dirty))
             .collect()
     }
 
     /// Windows with readings not emitted yet.
     pub fn dirty_count(&self) -> usize {
-        self.slots.values().filter(|s| s.is_dirty()).count()
+        self.maybe_dirty
+            .iter()
+            .filter(|start| self.slots.get(start).is_some_and(WindowSlot::is_dirty))
+            .count()
     }
 
     /// Number of windows kept.
@@ -267,15 +283,12 @@ impl SensorWindows {
 
     /// Drops windows that end before `before_ms`; returns how many.
     pub fn evict_before(&mut self, before_ms: i64, size_ms: i64) -> usize {
-        let keep = self.slots.split_off(&(before_ms - size_ms));
+        let cut = before_ms - size_ms;
+        let keep = self.slots.split_off(&cut);
         let dropped = self.slots.len();
         self.slots = keep;
+        self.maybe_dirty = self.maybe_dirty.split_off(&cut);
         dropped
-    }
-
-    /// Mutable access for emission bookkeeping.
-    pub fn slot_mut(&mut self, start: i64) -> Option<&mut WindowSlot> {
-        self.slots.get_mut(&start)
     }
 }
 
