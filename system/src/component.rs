@@ -47,4 +47,3 @@ impl ShutdownTrigger {
         let _ = self.sender.send(true);
     }
 }
-

@@ -47,6 +47,10 @@ pub enum GroupEvent {
     Records(Vec<ConsumedRecord>),
 }
 
+/// Committed next offsets per partition, as [`GroupConsumer::committed`]
+/// returns them (`None`: nothing committed).
+pub type CommittedOffsets = Vec<(i32, Option<i64>)>;
+
 /// A member of one consumer group consuming one topic.
 pub trait GroupConsumer {
     /// Starts membership of the group (given at construction) for `topic`.
@@ -58,7 +62,7 @@ pub trait GroupConsumer {
     fn seek(&mut self, partition: i32, offset: i64) -> Result<(), ConsumeError>;
     /// The group's committed next offsets of these partitions (`None`: none).
     fn committed(&mut self, partitions: &[i32])
-    -> LocalBoxFuture<'_, Result<Vec<(i32, Option<i64>)>, ConsumeError>>;
+    -> LocalBoxFuture<'_, Result<CommittedOffsets, ConsumeError>>;
     /// Commits next offsets of owned partitions, fenced by this member's
     /// generation.
     fn commit(&mut self, next_offsets: &[(i32, i64)]) -> LocalBoxFuture<'_, Result<(), ConsumeError>>;
