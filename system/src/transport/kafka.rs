@@ -45,7 +45,10 @@
 //! `fetch.wait.max.ms` (a Tansu fetch waits about half of it even when data is
 //! ready). Polling is asynchronous (woken by librdkafka's queue callback);
 //! metadata, watermark and commit requests, which block in librdkafka, run on
-//! tokio's blocking pool so they never stall the runtime thread.
+//! tokio's blocking pool so they never stall the runtime thread. Replace a
+//! consumer's assignment once, then only add to it
+//! ([`KafkaConsumer::add_partitions`]): librdkafka 2.12.1 aborts the process
+//! when assignments are replaced in quick succession.
 //!
 //! # Pass-through properties
 //!
@@ -106,7 +109,7 @@ impl KafkaClientConfig {
 
     /// Builds an rdkafka configuration: `defaults`, then the bootstrap
     /// servers, then the pass-through properties, refusing any of `protected`.
-    fn client_config(
+    pub(super) fn client_config(
         &self,
         defaults: &[(&str, &str)],
         protected: &[&str],
@@ -321,7 +324,7 @@ fn librdkafka_log_level() -> RDKafkaLogLevel {
 }
 
 /// Forwards librdkafka's log lines to `tracing` (target `librdkafka`).
-fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+pub(super) fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
@@ -342,7 +345,7 @@ fn is_broker_down_error(error: &KafkaError) -> bool {
 
 /// Connection-level errors librdkafka recovers from on its own and already
 /// reports through its log callback: logged at debug to avoid doubles.
-fn is_transient_connection_error(error: &KafkaError) -> bool {
+pub(super) fn is_transient_connection_error(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(
@@ -354,7 +357,7 @@ fn is_transient_connection_error(error: &KafkaError) -> bool {
     )
 }
 
-fn log_client_error(error: &KafkaError, reason: &str) {
+pub(super) fn log_client_error(error: &KafkaError, reason: &str) {
     if is_transient_connection_error(error) {
         tracing::debug!(target: "librdkafka", %error, "{reason}");
     } else {
@@ -647,6 +650,34 @@ impl KafkaConsumer {
         Duration::from_millis(self.request_timeout_ms)
     }
 
+    /// Adds partitions of `topic` to the assignment, read from these
+    /// positions, leaving the assigned ones as they are (librdkafka's
+    /// incremental assign). Fails if one is assigned already or the
+    /// assignment is of another topic.
+    ///
+    /// Unlike [`LogConsumer::assign`], this never stops a partition, which
+    /// matters with librdkafka 2.12.1: an assignment that removes a partition
+    /// whose stop, asked for by the previous assignment change, is still in
+    /// progress aborts the process (`rd_kafka_assignment_partition_stopped:
+    /// Assertion rktp->rktp_started failed`; confluentinc/librdkafka#5573,
+    /// fixed after 2.15). Replace an assignment at most once per consumer, or
+    /// add to it.
+    pub fn add_partitions(&mut self, topic: &str, starts: &[(i32, StartOffset)]) -> Result<(), ConsumeError> {
+        if let Some(assigned) = &self.assigned_topic
+            && assigned != topic
+        {
+            return Err(ConsumeError::Other(format!(
+                "cannot add partitions of `{topic}` to an assignment of `{assigned}`"
+            )));
+        }
+        let list = start_list(topic, starts)?;
+        self.consumer
+            .incremental_assign(&list)
+            .map_err(|e| map_consume_error(&e, Some(topic)))?;
+        self.assigned_topic = Some(topic.to_string());
+        Ok(())
+    }
+
     /// Runs a blocking librdkafka call on tokio's blocking pool.
     async fn blocking<T, F>(&self, call: F) -> Result<T, ConsumeError>
     where
@@ -660,14 +691,14 @@ impl KafkaConsumer {
     }
 }
 
-fn topic_error(topic: &str) -> impl Fn(KafkaSetupError) -> ConsumeError + '_ {
+pub(super) fn topic_error(topic: &str) -> impl Fn(KafkaSetupError) -> ConsumeError + '_ {
     move |e| match e {
         KafkaSetupError::InvalidTopicName { .. } => ConsumeError::UnknownTopic(topic.to_string()),
         other => ConsumeError::Other(other.to_string()),
     }
 }
 
-fn map_consume_error(error: &KafkaError, topic: Option<&str>) -> ConsumeError {
+pub(super) fn map_consume_error(error: &KafkaError, topic: Option<&str>) -> ConsumeError {
     match error.rdkafka_error_code() {
         Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
             ConsumeError::UnknownTopic(topic.unwrap_or("?").to_string())
@@ -714,6 +745,29 @@ fn to_consumed_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
         timestamp_kind,
         headers,
     }
+}
+
+/// The partition list of an assignment: `starts` of `topic`.
+fn start_list(topic: &str, starts: &[(i32, StartOffset)]) -> Result<TopicPartitionList, ConsumeError> {
+    validate_topic_name(topic).map_err(topic_error(topic))?;
+    let mut list = TopicPartitionList::with_capacity(starts.len());
+    for &(partition, start) in starts {
+        if partition < 0 {
+            return Err(ConsumeError::Other(format!("negative partition {partition}")));
+        }
+        let offset = match start {
+            StartOffset::Beginning => Offset::Beginning,
+            StartOffset::End => Offset::End,
+            StartOffset::Committed => Offset::Stored,
+            StartOffset::Offset(n) if n >= 0 => Offset::Offset(n),
+            StartOffset::Offset(n) => {
+                return Err(ConsumeError::Other(format!("negative start offset {n}")));
+            }
+        };
+        list.add_partition_offset(topic, partition, offset)
+            .map_err(|e| ConsumeError::Other(e.to_string()))?;
+    }
+    Ok(list)
 }
 
 impl LogConsumer for KafkaConsumer {
@@ -767,24 +821,7 @@ impl LogConsumer for KafkaConsumer {
     }
 
     fn assign(&mut self, topic: &str, starts: &[(i32, StartOffset)]) -> Result<(), ConsumeError> {
-        validate_topic_name(topic).map_err(topic_error(topic))?;
-        let mut list = TopicPartitionList::with_capacity(starts.len());
-        for &(partition, start) in starts {
-            if partition < 0 {
-                return Err(ConsumeError::Other(format!("negative partition {partition}")));
-            }
-            let offset = match start {
-                StartOffset::Beginning => Offset::Beginning,
-                StartOffset::End => Offset::End,
-                StartOffset::Committed => Offset::Stored,
-                StartOffset::Offset(n) if n >= 0 => Offset::Offset(n),
-                StartOffset::Offset(n) => {
-                    return Err(ConsumeError::Other(format!("negative start offset {n}")));
-                }
-            };
-            list.add_partition_offset(topic, partition, offset)
-                .map_err(|e| ConsumeError::Other(e.to_string()))?;
-        }
+        let list = start_list(topic, starts)?;
         self.consumer
             .assign(&list)
             .map_err(|e| map_consume_error(&e, Some(topic)))?;

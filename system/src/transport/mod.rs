@@ -16,8 +16,9 @@ use futures::future::LocalBoxFuture;
 
 pub mod group;
 pub mod kafka;
+pub mod kafka_group;
 
-pub use group::{GroupConsumer, GroupEvent};
+pub use group::{CommittedOffsets, GroupConsumer, GroupEvent};
 
 /// A record to append to a topic.
 #[derive(Debug, Clone, PartialEq)]
