@@ -39,6 +39,9 @@ pub struct QaqcFileConfig {
     /// Alert rules.
     #[serde(default)]
     pub alerts: AlertConfig,
+    /// Consumer-group membership timing (the real world's group consumer).
+    #[serde(default)]
+    pub group: crate::transport::kafka_group::KafkaGroupConfig,
     /// The Kafka client.
     #[serde(default = "default_kafka")]
     pub kafka: KafkaClientConfig,
@@ -360,6 +363,11 @@ impl QaqcFileConfig {
                 key: "qaqc",
                 reason,
             })?;
+        self.group.validate().map_err(|e| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: "group",
+            reason: e.to_string(),
+        })?;
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::Invalid {
                 origin: origin.to_owned(),
@@ -400,6 +408,7 @@ mod tests {
         assert_eq!(c.flags, FlagConfig::default());
         assert_eq!(c.alerts, AlertConfig::default());
         assert_eq!(c.metrics.listen, "127.0.0.1:9899");
+        assert_eq!(c.group, crate::transport::kafka_group::KafkaGroupConfig::default());
     }
 
     #[test]

@@ -50,10 +50,6 @@ pub enum GroupEvent {
     Records(Vec<ConsumedRecord>),
 }
 
-/// Committed next offsets per partition, as [`GroupConsumer::committed`]
-/// returns them (`None`: nothing committed).
-pub type CommittedOffsets = Vec<(i32, Option<i64>)>;
-
 /// A member of one consumer group consuming one topic.
 pub trait GroupConsumer {
     /// Starts membership of the group (given at construction) for `topic`.

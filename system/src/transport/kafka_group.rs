@@ -717,6 +717,9 @@ pub struct KafkaGroupConsumer {
     /// The data consumer of the sought partitions (none before the first
     /// seek of an assignment).
     data: Option<KafkaConsumer>,
+    /// Whether records are fetched (`set_fetching`); the membership is kept
+    /// either way.
+    fetching: bool,
     topic: Option<String>,
     owned: BTreeSet<i32>,
     /// Next offset to deliver of every sought partition: exactly the
@@ -812,6 +815,7 @@ impl KafkaGroupConsumer {
             events,
             client_config: config.clone(),
             data: Some(data),
+            fetching: true,
             topic: None,
             owned: BTreeSet::new(),
             positions: BTreeMap::new(),
@@ -1047,7 +1051,7 @@ impl GroupConsumer for KafkaGroupConsumer {
                 }
             }
             let wait = Duration::from_millis(max_wait_ms);
-            if self.positions.is_empty() || self.data.is_none() {
+            if self.positions.is_empty() || self.data.is_none() || !self.fetching {
                 return match tokio::time::timeout(wait, self.events.recv()).await {
                     Err(_elapsed) => Ok(GroupEvent::Records(Vec::new())),
                     Ok(Some(event)) => self.on_member_event(event),
@@ -1211,6 +1215,12 @@ impl GroupConsumer for KafkaGroupConsumer {
 
     fn owned(&self) -> Vec<i32> {
         self.owned.iter().copied().collect()
+    }
+
+    fn set_fetching(&mut self, enabled: bool) {
+        // Records librdkafka prefetched meanwhile stay queued in the data
+        // consumer and are delivered, in order, once fetching resumes.
+        self.fetching = enabled;
     }
 }
 
