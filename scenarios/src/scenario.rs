@@ -126,7 +126,7 @@ fn default_qaqc_instances() -> u32 {
     1
 }
 fn default_checkpoint_interval_ms() -> u64 {
-    600_000
+    3_600_000
 }
 fn default_session_timeout_ms() -> u64 {
     30_000

@@ -5,6 +5,7 @@
 //! long sweep is a separate command (README, "Seed sweeps").
 
 use soilstream_scenarios::checker::AnomalyKind;
+use soilstream_scenarios::downstream::DownstreamAnomaly;
 use soilstream_scenarios::runner::{RunOptions, RunResult, run_scenario};
 use soilstream_scenarios::scenario::Scenario;
 use soilstream_scenarios::world::PlantedBug;
@@ -78,13 +79,17 @@ fn passes_ci_seeds(name: &str) {
 const SCENARIOS_TESTED_ELSEWHERE: [&str; 2] = ["backfill-after-power-outage", "registry-outage"];
 
 /// Every other file in `scenarios/`, each with its own test below.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 13] = [
+    "backfill-windows",
     "broker-crash",
     "disk-damage",
     "disk-full-long-outage",
     "flapping-link",
+    "hostile-input",
     "network-outage-2h",
     "power-outage-24h",
+    "qaqc-crash-loop",
+    "rebalance-storm",
     "reboot-loop-during-drain",
     "steady-state",
     "storm-mix",
@@ -109,6 +114,26 @@ fn every_scenario_file_has_a_test() {
     for name in SCENARIOS {
         load(name); // parses and validates
     }
+}
+
+#[test]
+fn backfill_windows() {
+    passes_ci_seeds("backfill-windows");
+}
+
+#[test]
+fn hostile_input() {
+    passes_ci_seeds("hostile-input");
+}
+
+#[test]
+fn qaqc_crash_loop() {
+    passes_ci_seeds("qaqc-crash-loop");
+}
+
+#[test]
+fn rebalance_storm() {
+    passes_ci_seeds("rebalance-storm");
 }
 
 #[test]
@@ -217,5 +242,58 @@ fn planted_skip_segment_sync_dir_is_caught() {
         "power-outage-24h",
         PlantedBug::SkipSegmentSyncDir,
         AnomalyKind::Lost,
+    );
+}
+
+/// A planted qaqc bug must make every CI run of the scenario fail with the
+/// downstream anomaly `kind`.
+fn caught_downstream(name: &str, bug: PlantedBug, kind: DownstreamAnomaly) {
+    let scenario = load(name);
+    for seed in ci_seeds() {
+        let result = run(&scenario, seed, bug);
+        let found = result.downstream.as_ref().map_or(0, |d| d.count(kind));
+        assert!(
+            !result.passed() && found > 0,
+            "planted bug {} not caught by {name} seed {seed} as {}:\n{}",
+            bug.name(),
+            kind.name(),
+            result.summary()
+        );
+    }
+}
+
+#[test]
+fn planted_qaqc_commit_before_ack_is_caught() {
+    caught_downstream(
+        "qaqc-crash-loop",
+        PlantedBug::QaqcCommitBeforeAck,
+        DownstreamAnomaly::LostDownstream,
+    );
+}
+
+#[test]
+fn planted_qaqc_dedup_not_rebuilt_is_caught() {
+    caught_downstream(
+        "qaqc-crash-loop",
+        PlantedBug::QaqcDedupNotRebuilt,
+        DownstreamAnomaly::DuplicateDownstream,
+    );
+}
+
+#[test]
+fn planted_qaqc_windows_on_arrival_time_is_caught() {
+    caught_downstream(
+        "backfill-windows",
+        PlantedBug::QaqcWindowsOnArrivalTime,
+        DownstreamAnomaly::WindowMismatch,
+    );
+}
+
+#[test]
+fn planted_qaqc_late_readings_dropped_is_caught() {
+    caught_downstream(
+        "backfill-windows",
+        PlantedBug::QaqcLateReadingsDropped,
+        DownstreamAnomaly::LostDownstream,
     );
 }

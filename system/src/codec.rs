@@ -127,16 +127,26 @@ impl ReadingCodec {
         apache_avro::to_avro_datum(&self.schema, value).map_err(|e| CodecError::Invalid(e.to_string()))
     }
 
-    /// Decodes an Avro body written with this codec's own schema.
+    /// Decodes an Avro body written with this codec's own schema (no
+    /// resolution needed).
     pub fn decode_body(&self, body: &[u8]) -> Result<Reading, CodecError> {
-        self.decode_body_written_with(&self.schema, body)
+        self.decode_with(&self.schema, None, body)
     }
 
     /// Decodes an Avro body written with `writer`, resolving it to this
     /// codec's schema (Avro schema resolution).
     pub fn decode_body_written_with(&self, writer: &Schema, body: &[u8]) -> Result<Reading, CodecError> {
+        self.decode_with(writer, Some(&self.schema), body)
+    }
+
+    fn decode_with(
+        &self,
+        writer: &Schema,
+        reader: Option<&Schema>,
+        body: &[u8],
+    ) -> Result<Reading, CodecError> {
         let mut cursor = body;
-        let value = apache_avro::from_avro_datum(writer, &mut cursor, Some(&self.schema))
+        let value = apache_avro::from_avro_datum(writer, &mut cursor, reader)
             .map_err(|e| CodecError::Undecodable(e.to_string()))?;
         if !cursor.is_empty() {
             return Err(CodecError::Undecodable(format!(

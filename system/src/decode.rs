@@ -57,7 +57,9 @@ pub enum DecodeError {
 pub struct ReadingDecoder {
     reader: ReadingCodec,
     registry: Option<Rc<dyn SchemaRegistry>>,
-    writers: RefCell<BTreeMap<u32, Result<Schema, DecodeError>>>,
+    /// Writer schemas by id, with whether each is the reader's own schema
+    /// (then bodies decode without resolution).
+    writers: RefCell<BTreeMap<u32, Result<(Schema, bool), DecodeError>>>,
 }
 
 impl ReadingDecoder {
@@ -93,10 +95,15 @@ impl ReadingDecoder {
             Some(writer) => writer?,
             None => {
                 let fetched = match registry.schema_by_id(id).await {
-                    Ok(text) => Schema::parse_str(&text).map_err(|e| DecodeError::BadWriterSchema {
-                        id,
-                        reason: e.to_string(),
-                    }),
+                    Ok(text) => Schema::parse_str(&text)
+                        .map(|schema| {
+                            let same = schema.canonical_form() == self.reader.canonical_schema();
+                            (schema, same)
+                        })
+                        .map_err(|e| DecodeError::BadWriterSchema {
+                            id,
+                            reason: e.to_string(),
+                        }),
                     Err(RegistryError::SchemaNotFound(_)) => Err(DecodeError::UnknownSchemaId(id)),
                     Err(e) => {
                         // Not cached: the registry may answer next time.
@@ -114,10 +121,13 @@ impl ReadingDecoder {
                 fetched?
             }
         };
-        let reading = self
-            .reader
-            .decode_body_written_with(&writer, body)
-            .map_err(|e| undecodable(id, e))?;
+        let (writer, same) = writer;
+        let decoded = if same {
+            self.reader.decode_body(body)
+        } else {
+            self.reader.decode_body_written_with(&writer, body)
+        };
+        let reading = decoded.map_err(|e| undecodable(id, e))?;
         Ok((id, reading))
     }
 }

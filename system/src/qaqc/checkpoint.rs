@@ -67,8 +67,26 @@ pub fn path(state_dir: &Path, partition: i32) -> PathBuf {
     state_dir.join(format!("partition-{partition}.ckpt"))
 }
 
+/// A checkpoint to write, borrowing the state (no copy of it is made).
+#[derive(Debug, Serialize)]
+pub struct CheckpointRef<'a> {
+    /// Input partition.
+    pub partition: i32,
+    /// Digest of the settings that shape state.
+    pub settings_digest: u64,
+    /// For each output topic, the offset after the last record the state
+    /// reflects.
+    pub output_offsets: &'a BTreeMap<String, i64>,
+    /// The state.
+    pub state: &'a PartitionState,
+}
+
 /// Writes a checkpoint atomically.
-pub fn save(disk: &dyn Disk, state_dir: &Path, checkpoint: &Checkpoint) -> Result<u64, CheckpointError> {
+pub fn save(
+    disk: &dyn Disk,
+    state_dir: &Path,
+    checkpoint: &CheckpointRef<'_>,
+) -> Result<u64, CheckpointError> {
     disk.create_dir_all(state_dir)?;
     let payload = postcard::to_allocvec(checkpoint).map_err(|e| CheckpointError::Damaged(e.to_string()))?;
     let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
@@ -149,7 +167,17 @@ mod tests {
             output_offsets: [("clean".to_string(), 17)].into_iter().collect(),
             state: PartitionState::new(2),
         };
-        save(&disk, dir, &checkpoint).unwrap();
+        save(
+            &disk,
+            dir,
+            &CheckpointRef {
+                partition: checkpoint.partition,
+                settings_digest: checkpoint.settings_digest,
+                output_offsets: &checkpoint.output_offsets,
+                state: &checkpoint.state,
+            },
+        )
+        .unwrap();
         assert_eq!(load(&disk, dir, 2).unwrap(), Some(checkpoint));
         assert!(load(&disk, dir, 3).unwrap().is_none());
         let file = path(dir, 2);

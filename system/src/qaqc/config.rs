@@ -408,7 +408,10 @@ mod tests {
         assert_eq!(c.flags, FlagConfig::default());
         assert_eq!(c.alerts, AlertConfig::default());
         assert_eq!(c.metrics.listen, "127.0.0.1:9899");
-        assert_eq!(c.group, crate::transport::kafka_group::KafkaGroupConfig::default());
+        assert_eq!(
+            c.group,
+            crate::transport::kafka_group::KafkaGroupConfig::default()
+        );
     }
 
     #[test]

@@ -399,6 +399,40 @@ pub fn flags_at(
     flags
 }
 
+/// Whether a change further away than [`FlagConfig::radius_points`]
+/// readings (but within [`FlagConfig::radius_ms`]) can change reading `i`'s
+/// flags. Only the rules with a time window reach that far (`D06`'s noise
+/// window, `D10`'s plateau window, `STUCK`'s look-back span), and each first
+/// needs a shape around `i` that such a change cannot alter: a spike shape,
+/// a value near the saturation level, a repeat of the previous reading. A
+/// reading without any of them keeps its flags.
+pub fn far_candidate(s: SeriesView<'_>, i: usize, config: &FlagConfig, saturation_pct: Option<f64>) -> bool {
+    let n = s.len();
+    let m = s.moisture_pct;
+    if i >= 1
+        && m[i].to_bits() == m[i - 1].to_bits()
+        && s.soil_temp_c[i].to_bits() == s.soil_temp_c[i - 1].to_bits()
+    {
+        return true;
+    }
+    if i >= 2 && i + 2 < n && m[i - 1] > 0.0 {
+        let ratio = m[i] / m[i - 1];
+        let jump = ratio > 1.0 + config.spike_raise_factor || ratio < 1.0 - config.spike_raise_factor;
+        let extreme = (m[i] > m[i - 1] && m[i] > m[i + 1]) || (m[i] < m[i - 1] && m[i] < m[i + 1]);
+        if jump && extreme {
+            return true;
+        }
+    }
+    if let Some(saturation) = saturation_pct {
+        // The plateau window holds at most n readings.
+        let level = config.d10_saturation_fraction * saturation;
+        if m[i] >= level - (config.d10_variance_max * n as f64).sqrt() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether every rule of reading `i` has the neighbours it needs.
 pub fn lookahead_complete(series: SeriesView<'_>, i: usize, config: &FlagConfig) -> bool {
     let n = series.len();
@@ -514,9 +548,13 @@ pub fn break_at(s: SeriesView<'_>, i: usize, config: &FlagConfig) -> Option<Flag
 
 fn is_low_constant_after_break(s: SeriesView<'_>, i: usize, config: &FlagConfig) -> bool {
     let n = s.len();
-    let first = i.saturating_sub(D09_POINTS - 1);
+    let m = s.moisture_pct;
+    let first = i.saturating_sub(D09_POINTS - 1).max(1);
     (first..=i).any(|k| {
-        k + D09_POINTS <= n
+        // A break needs a step of more than the absolute minimum (or a drop
+        // to exactly 0): test that before the whole rule.
+        let step = (m[k] - m[k - 1]).abs() > config.break_abs_min_pct || (m[k] == 0.0 && m[k - 1] > 5.0);
+        step && k + D09_POINTS <= n
             && break_at(s, k, config) == Some(Flag::D07)
             && match mean_variance(s.moisture_pct[k..k + D09_POINTS].iter().copied()) {
                 Some((mean, variance)) if mean > 0.0 => variance / mean < config.d09_rel_variance_max,
@@ -527,13 +565,18 @@ fn is_low_constant_after_break(s: SeriesView<'_>, i: usize, config: &FlagConfig)
 }
 
 fn is_saturated_plateau(s: SeriesView<'_>, i: usize, config: &FlagConfig, saturation_pct: f64) -> bool {
+    let level = config.d10_saturation_fraction * saturation_pct;
+    // The window holds at most every reading: a first bound without
+    // searching the window's ends (see the one below).
+    if s.moisture_pct[i] < level - (config.d10_variance_max * s.len() as f64).sqrt() {
+        return false;
+    }
     let t = s.times_ms[i];
     let lo = s.lower_bound(t.saturating_sub(config.d10_half_window_ms));
     let hi = s.upper_bound(t.saturating_add(config.d10_half_window_ms));
     if hi <= lo || s.times_ms[hi - 1] - s.times_ms[lo] < config.d10_min_span_ms {
         return false;
     }
-    let level = config.d10_saturation_fraction * saturation_pct;
     // A reading more than sqrt(variance_max * count) below the level cannot
     // be part of a window whose mean is above it and whose variance is
     // within the bound: skip the window sum.

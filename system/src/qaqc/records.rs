@@ -182,24 +182,28 @@ impl<T: Serialize + DeserializeOwned> RecordCodec<T> {
         &self.schema
     }
 
-    /// Encodes a value as an Avro body, validating it against the schema.
+    /// Encodes a value as an Avro body, driven by the schema (serde straight
+    /// to bytes; a value that does not fit the schema is an error).
     pub fn encode_body(&self, value: &T) -> Result<Vec<u8>, CodecError> {
-        let avro = apache_avro::to_value(value)
-            .map_err(|e| CodecError::Invalid(e.to_string()))?
-            .resolve(&self.schema)
+        let mut out = Vec::with_capacity(128);
+        apache_avro::write_avro_datum_ref(&self.schema, value, &mut out)
             .map_err(|e| CodecError::Invalid(e.to_string()))?;
-        apache_avro::to_avro_datum(&self.schema, avro).map_err(|e| CodecError::Invalid(e.to_string()))
+        Ok(out)
     }
 
     /// Decodes a body written with this codec's schema.
     pub fn decode_body(&self, body: &[u8]) -> Result<T, CodecError> {
-        self.decode_body_written_with(&self.schema, body)
+        self.decode_with(&self.schema, None, body)
     }
 
     /// Decodes a body written with `writer`, resolved to this schema.
     pub fn decode_body_written_with(&self, writer: &Schema, body: &[u8]) -> Result<T, CodecError> {
+        self.decode_with(writer, Some(&self.schema), body)
+    }
+
+    fn decode_with(&self, writer: &Schema, reader: Option<&Schema>, body: &[u8]) -> Result<T, CodecError> {
         let mut cursor = body;
-        let value = apache_avro::from_avro_datum(writer, &mut cursor, Some(&self.schema))
+        let value = apache_avro::from_avro_datum(writer, &mut cursor, reader)
             .map_err(|e| CodecError::Undecodable(e.to_string()))?;
         if !cursor.is_empty() {
             return Err(CodecError::Undecodable(format!(

@@ -252,7 +252,12 @@ struct Engine {
     next_epoch: u64,
     delivery_failed: Option<ProduceError>,
     report: QaqcReport,
+    /// Reads the raw topic's watermarks for the lag metric.
+    lag_reader: Option<Box<dyn LogConsumer>>,
 }
+
+/// How often the lag per partition is measured, ms.
+const LAG_INTERVAL_MS: u64 = 10_000;
 
 /// Runs qaqc until `shutdown` fires.
 pub async fn run_qaqc(
@@ -322,6 +327,7 @@ pub async fn run_qaqc(
     let decoder = ReadingDecoder::with_registry(registry.clone(), ReadingCodec::v1());
     let rebuilder = Rc::new(Rebuilder {
         settings: settings.clone(),
+        ids,
         reader_factory,
         registry,
         disk,
@@ -354,6 +360,7 @@ pub async fn run_qaqc(
         next_epoch: 1,
         delivery_failed: None,
         report: QaqcReport::default(),
+        lag_reader: None,
     };
     tracing::info!(instance = %engine.settings.qaqc.instance_id, group = %engine.settings.qaqc.group_id, "qaqc running");
     engine.run(&mut shutdown).await;
@@ -421,11 +428,23 @@ fn decode_error_to_rejection(error: &DecodeError) -> Rejection {
     Rejection::new(reason, error.to_string())
 }
 
+fn decode_as<T: serde::Serialize + serde::de::DeserializeOwned>(
+    codec: &super::records::RecordCodec<T>,
+    writer: Option<&Schema>,
+    body: &[u8],
+) -> Result<T, crate::codec::CodecError> {
+    match writer {
+        Some(writer) => codec.decode_body_written_with(writer, body),
+        None => codec.decode_body(body),
+    }
+}
+
 /// What rebuilding a partition needs, shared with the background task that
 /// does it (the member keeps polling, so its session lives on while large
 /// partitions are read back).
 struct Rebuilder {
     settings: QaqcSettings,
+    ids: SchemaIds,
     reader_factory: ReaderFactory,
     registry: Rc<dyn SchemaRegistry>,
     disk: Rc<dyn Disk>,
@@ -599,20 +618,38 @@ impl Rebuilder {
             );
             return Ok(());
         };
-        let Some(writer) = self.writer_schema(id).await? else {
-            tracing::warn!(
-                topic,
-                offset = record.offset,
-                id,
-                "output record with an unknown schema id ignored"
-            );
-            return Ok(());
+        let own_id = if topic == topics.clean {
+            self.ids.clean
+        } else if topic == topics.flags {
+            self.ids.flags
+        } else if topic == topics.alerts {
+            self.ids.alerts
+        } else {
+            self.ids.aggregates
+        };
+        // Records written with this instance's own schema decode without
+        // fetching and resolving a writer schema.
+        let writer = if id == own_id {
+            None
+        } else {
+            match self.writer_schema(id).await? {
+                Some(writer) => Some(writer),
+                None => {
+                    tracing::warn!(
+                        topic,
+                        offset = record.offset,
+                        id,
+                        "output record with an unknown schema id ignored"
+                    );
+                    return Ok(());
+                }
+            }
         };
         let warn = |e: crate::codec::CodecError| {
             tracing::warn!(topic, partition = record.partition, offset = record.offset, error = %e, "output record does not decode; ignored");
         };
         if topic == topics.clean {
-            match self.codecs.clean.decode_body_written_with(&writer, body) {
+            match decode_as(&self.codecs.clean, writer.as_ref(), body) {
                 Ok(clean) => {
                     let digest = super::records::header_str(&record.headers, HEADER_PAYLOAD_DIGEST)
                         .and_then(|h| u64::from_str_radix(h, 16).ok())
@@ -623,17 +660,17 @@ impl Rebuilder {
                 Err(e) => warn(e),
             }
         } else if topic == topics.flags {
-            match self.codecs.flags.decode_body_written_with(&writer, body) {
+            match decode_as(&self.codecs.flags, writer.as_ref(), body) {
                 Ok(revision) => state.fold_flag_revision(&revision),
                 Err(e) => warn(e),
             }
         } else if topic == topics.alerts {
-            match self.codecs.alerts.decode_body_written_with(&writer, body) {
+            match decode_as(&self.codecs.alerts, writer.as_ref(), body) {
                 Ok(alert) => state.fold_alert(&alert, ctx),
                 Err(e) => warn(e),
             }
         } else if topic == topics.aggregates {
-            match self.codecs.aggregates.decode_body_written_with(&writer, body) {
+            match decode_as(&self.codecs.aggregates, writer.as_ref(), body) {
                 Ok(aggregate) => state.fold_aggregate(&aggregate, ctx),
                 Err(e) => warn(e),
             }
@@ -648,6 +685,7 @@ impl Engine {
         let mut next_commit = Instant::now() + Duration::from_millis(q.commit_interval_ms);
         let mut next_timer = Instant::now() + Duration::from_millis(q.timer_interval_ms);
         let mut next_log = Instant::now() + Duration::from_millis(q.log_interval_ms.max(1));
+        let mut next_lag = Instant::now() + Duration::from_millis(LAG_INTERVAL_MS);
         let mut backoff = Backoff::new(q.poll_wait_ms.max(1), 30_000);
         loop {
             if shutdown.is_triggered() {
@@ -736,6 +774,10 @@ impl Engine {
                 next_commit = now + Duration::from_millis(q.commit_interval_ms);
                 self.commit_all().await;
                 self.checkpoints();
+            }
+            if now >= next_lag {
+                next_lag = now + Duration::from_millis(LAG_INTERVAL_MS);
+                self.measure_lag().await;
             }
             if q.log_interval_ms > 0 && now >= next_log {
                 next_log = now + Duration::from_millis(q.log_interval_ms);
@@ -966,6 +1008,33 @@ impl Engine {
         }
     }
 
+    /// Sets the lag metric of every owned partition: raw high watermark
+    /// minus the position.
+    async fn measure_lag(&mut self) {
+        if self.lag_reader.is_none() {
+            match (self.rebuilder.reader_factory)() {
+                Ok(reader) => self.lag_reader = Some(reader),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot create the lag reader");
+                    return;
+                }
+            }
+        }
+        let Some(reader) = self.lag_reader.as_ref() else {
+            return;
+        };
+        let positions: Vec<(i32, i64)> = self.owned.iter().map(|(p, o)| (*p, o.position)).collect();
+        for (partition, position) in positions {
+            match reader.watermarks(&self.settings.topics.raw, partition).await {
+                Ok((_, high)) => self.parts.metrics.set_lag(partition, (high - position).max(0)),
+                Err(error) => {
+                    tracing::debug!(partition, %error, "cannot measure the lag");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Stops the rebuilds of `partitions` (revoked or lost meanwhile).
     fn cancel_rebuilds(&mut self, partitions: &[i32]) {
         self.awaiting_committed.retain(|p| !partitions.contains(p));
@@ -991,11 +1060,11 @@ impl Engine {
                 continue;
             }
             owned.last_checkpoint = now;
-            let checkpoint = super::checkpoint::Checkpoint {
+            let checkpoint = super::checkpoint::CheckpointRef {
                 partition: *partition,
                 settings_digest: digest,
-                output_offsets: owned.output_offsets.clone(),
-                state: owned.state.clone(),
+                output_offsets: &owned.output_offsets,
+                state: &owned.state,
             };
             match super::checkpoint::save(
                 self.rebuilder.disk.as_ref(),

@@ -7,7 +7,7 @@
 //! the same probe, so two readings may share an event time). Columns are
 //! kept apart (structure of arrays) so the rules read plain slices.
 
-use super::flags::{FlagConfig, FlagSet, SeriesView, flags_at, lookahead_complete};
+use super::flags::{FlagConfig, FlagSet, SeriesView, far_candidate, flags_at, lookahead_complete};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -193,6 +193,48 @@ impl SensorSeries {
         lo..hi
     }
 
+    /// The flags, as the rules give them now, of every reading whose flags
+    /// insertions at `changed` (indices after all of them were inserted) may
+    /// have changed. Readings within the rules' reach in readings are always
+    /// evaluated; those only within their reach in time only when
+    /// [`far_candidate`] says a change can reach them (the others keep their
+    /// flags and are left out).
+    pub fn changed_flags(
+        &self,
+        changed: &[usize],
+        config: &FlagConfig,
+        saturation_pct: Option<f64>,
+    ) -> Vec<CurrentFlags> {
+        let n = self.len();
+        let reach = config.radius_points();
+        let near = merge_ranges(
+            changed
+                .iter()
+                .map(|&j| j.saturating_sub(reach)..(j + reach + 1).min(n))
+                .collect(),
+        );
+        let far = merge_ranges(changed.iter().map(|&j| self.affected_by(j, config)).collect());
+        let view = self.view();
+        let mut out = Vec::new();
+        let mut near_iter = near.iter().peekable();
+        for range in far {
+            for index in range {
+                while near_iter.peek().is_some_and(|r| r.end <= index) {
+                    near_iter.next();
+                }
+                let is_near = near_iter.peek().is_some_and(|r| r.contains(&index));
+                if is_near || far_candidate(view, index, config, saturation_pct) {
+                    out.push(CurrentFlags {
+                        index,
+                        flags: flags_at(view, index, config, saturation_pct),
+                        lookahead_complete: lookahead_complete(view, index, config),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// The flags of the readings in `range`, as the rules give them now.
     pub fn current_flags(
         &self,
@@ -209,6 +251,19 @@ impl SensorSeries {
             })
             .collect()
     }
+}
+
+/// Sorted, non-overlapping cover of `ranges`.
+pub fn merge_ranges(mut ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 #[cfg(test)]
@@ -273,10 +328,19 @@ mod tests {
             let index = s.insert(point(at, "gw-sd", 1_000_000, level(late_value))).unwrap();
             let after = flags_of_series(s.view(), &config, Some(45.0));
             let range = s.affected_by(index, &config);
+            let evaluated: std::collections::BTreeMap<usize, FlagSet> = s
+                .changed_flags(&[index], &config, Some(45.0))
+                .into_iter()
+                .map(|c| (c.index, c.flags))
+                .collect();
             for i in 0..s.len() {
+                if let Some(flags) = evaluated.get(&i) {
+                    prop_assert_eq!(*flags, after[i]);
+                }
                 let old = if i < index { before[i] } else if i > index { before[i - 1] } else { continue };
                 if after[i] != old {
                     prop_assert!(range.contains(&i), "reading {i} changed outside {range:?} (inserted at {index})");
+                    prop_assert!(evaluated.contains_key(&i), "reading {i} changed but was not re-evaluated");
                 }
             }
         }

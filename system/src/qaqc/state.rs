@@ -33,7 +33,6 @@ use crate::transport::ConsumedRecord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::ops::Range;
 
 /// Digest of a reading's identity and values (floats bit for bit).
 pub fn payload_digest(r: &Reading) -> u64 {
@@ -627,7 +626,6 @@ impl PartitionState {
                 .sensors
                 .get_mut(&sensor_id)
                 .expect("pending readings have a sensor");
-            let mut ranges: Vec<Range<usize>> = Vec::new();
             let mut positions = Vec::with_capacity(indexes.len());
             for &i in &indexes {
                 let r = &pending[i].reading;
@@ -636,11 +634,11 @@ impl PartitionState {
                     .find(r.event_time_ms, &r.gateway_id, r.seq)
                     .expect("inserted in this batch");
                 positions.push((i, index));
-                ranges.push(sensor.series.affected_by(index, &s.flags));
             }
+            let changed: Vec<usize> = positions.iter().map(|(_, index)| *index).collect();
             let by_index: BTreeMap<usize, usize> = positions.iter().map(|(i, index)| (*index, *i)).collect();
-            for range in merge_ranges(ranges) {
-                for current in sensor.series.current_flags(range, &s.flags, saturation) {
+            {
+                for current in sensor.series.changed_flags(&changed, &s.flags, saturation) {
                     if let Some(&i) = by_index.get(&current.index) {
                         new_flags.insert(i, (current.flags, current.lookahead_complete));
                         let (gateway_id, seq) = sensor.series.identity(current.index);
@@ -1159,18 +1157,6 @@ struct PendingClean {
     reading: Reading,
     schema_id: u32,
     digest: u64,
-}
-
-fn merge_ranges(mut ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
-    ranges.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        match merged.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => merged.push(r),
-        }
-    }
-    merged
 }
 
 #[allow(clippy::too_many_arguments)]
