@@ -137,6 +137,7 @@ pub fn start_host(
     group_config.request_timeout_ms = group_config.request_timeout_ms.max(10 * tick);
     group_config.connect_timeout_ms = group_config.connect_timeout_ms.max(10 * tick);
     group_config.join_retry_ms = group_config.join_retry_ms.max(tick);
+    group_config.max_poll_records = scenario.qaqc.max_poll_records;
     let consumer = consumer_config(tick);
     let producer = producer_config(tick);
     let disk_faults = handles.disk_faults.clone();

@@ -113,6 +113,10 @@ pub struct QaqcStage {
     /// State horizon (`too_late` beyond it), ms.
     #[serde(default)]
     pub state_horizon_ms: Option<i64>,
+    /// Most records one poll of a qaqc host returns (a small value makes a
+    /// backlog take long to process, so crashes land in the middle of it).
+    #[serde(default = "default_qaqc_max_poll_records")]
+    pub max_poll_records: u32,
     /// Minimum number of windows that must end up revised (corrected by
     /// late data): proves a scenario really exercised corrections.
     #[serde(default)]
@@ -131,6 +135,9 @@ fn default_checkpoint_interval_ms() -> u64 {
 fn default_session_timeout_ms() -> u64 {
     30_000
 }
+fn default_qaqc_max_poll_records() -> u32 {
+    1_000
+}
 
 impl Default for QaqcStage {
     fn default() -> Self {
@@ -139,6 +146,7 @@ impl Default for QaqcStage {
             start_at_s: Vec::new(),
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             session_timeout_ms: default_session_timeout_ms(),
+            max_poll_records: default_qaqc_max_poll_records(),
             silent_after_ms: None,
             state_horizon_ms: None,
             min_revised_windows: 0,
@@ -795,6 +803,9 @@ impl Scenario {
         }
         if q.start_at_s.len() > q.instances as usize || q.start_at_s.iter().any(|s| *s >= self.duration_s) {
             return Err("qaqc.start_at_s: at most one time per instance, each before duration_s".into());
+        }
+        if q.max_poll_records == 0 || q.max_poll_records > 100_000 {
+            return Err("qaqc.max_poll_records must be 1..=100000".into());
         }
         if q.session_timeout_ms < 10 * self.tick_ms || q.session_timeout_ms > 600_000 {
             return Err("qaqc.session_timeout_ms must be at least 10 ticks and at most 600000".into());

@@ -54,6 +54,105 @@ pub struct Args {
     registry: Option<String>,
 }
 
+/// A decoded value: a reading (raw and quarantine topics), or any other
+/// soilstream record (clean readings, flag revisions, aggregates, alerts)
+/// as JSON.
+#[derive(Debug, Clone, PartialEq)]
+enum Decoded {
+    /// A soil reading and its writer schema id.
+    Reading(u32, Reading),
+    /// Another record: writer schema id, its full name, its fields.
+    Record(u32, String, serde_json::Value),
+}
+
+/// Decodes the values of one topic: readings with the reading decoder,
+/// other records with their writer schema (from the registry, or the
+/// shipped schema of a qaqc output topic of that name).
+struct ValueDecoder {
+    readings: ReadingDecoder,
+    registry: Option<Rc<HttpRegistryClient<TcpConnector>>>,
+    writers: std::cell::RefCell<BTreeMap<u32, Result<apache_avro::Schema, String>>>,
+    /// Without a registry: the shipped schema of this topic, if it is a
+    /// qaqc output topic.
+    shipped: Option<apache_avro::Schema>,
+}
+
+/// The shipped schema of a qaqc output topic with its default name.
+fn shipped_schema(topic: &str) -> Option<apache_avro::Schema> {
+    use soilstream::qaqc::records::{AGGREGATE_SCHEMA, ALERT_SCHEMA, CLEAN_SCHEMA, FLAG_REVISION_SCHEMA};
+    let names = soilstream::qaqc::config::TopicNames::default();
+    let text = if topic == names.clean {
+        CLEAN_SCHEMA
+    } else if topic == names.flags {
+        FLAG_REVISION_SCHEMA
+    } else if topic == names.aggregates {
+        AGGREGATE_SCHEMA
+    } else if topic == names.alerts {
+        ALERT_SCHEMA
+    } else {
+        return None;
+    };
+    apache_avro::Schema::parse_str(text).ok()
+}
+
+fn is_reading_schema(schema: &apache_avro::Schema) -> bool {
+    matches!(schema, apache_avro::Schema::Record(r) if r.name.fullname(None) == "io.soilstream.SoilReading")
+}
+
+fn generic(id: u32, schema: &apache_avro::Schema, body: &[u8]) -> Result<Decoded, String> {
+    let mut cursor = body;
+    let value = apache_avro::from_avro_datum(schema, &mut cursor, None)
+        .map_err(|e| format!("schema id {id}: {e}"))?;
+    if !cursor.is_empty() {
+        return Err(format!("schema id {id}: {} trailing bytes", cursor.len()));
+    }
+    let name = match schema {
+        apache_avro::Schema::Record(r) => r.name.fullname(None),
+        other => format!("{other:?}"),
+    };
+    let json = serde_json::Value::try_from(value).map_err(|e| format!("schema id {id}: {e}"))?;
+    Ok(Decoded::Record(id, name, json))
+}
+
+impl ValueDecoder {
+    async fn decode(&self, value: Option<&[u8]>) -> Result<Decoded, String> {
+        let Some(bytes) = value else {
+            return Err("no value (tombstone)".into());
+        };
+        let (id, body) = soilstream::codec::from_wire(bytes).map_err(|e| e.to_string())?;
+        let writer = match &self.registry {
+            Some(registry) => {
+                let cached = self.writers.borrow().get(&id).cloned();
+                match cached {
+                    Some(writer) => Some(writer?),
+                    None => {
+                        use soilstream::registry::SchemaRegistry;
+                        let fetched = match registry.schema_by_id(id).await {
+                            Ok(text) => apache_avro::Schema::parse_str(&text).map_err(|e| e.to_string()),
+                            Err(soilstream::registry::RegistryError::SchemaNotFound(_)) => {
+                                Err(format!("unknown schema id {id}"))
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        };
+                        self.writers.borrow_mut().insert(id, fetched.clone());
+                        Some(fetched?)
+                    }
+                }
+            }
+            None => self.shipped.clone(),
+        };
+        match writer {
+            Some(schema) if !is_reading_schema(&schema) => generic(id, &schema, body),
+            _ => self
+                .readings
+                .decode(value)
+                .await
+                .map(|(id, r)| Decoded::Reading(id, r))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// Counts printed at the end.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Summary {
@@ -90,11 +189,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let decoder = match &args.registry {
         Some(url) => {
-            let client = HttpRegistryClient::new(TcpConnector, url, HttpRegistryClientConfig::default())
-                .context("--registry")?;
-            ReadingDecoder::with_registry(Rc::new(client), ReadingCodec::v1())
+            let client = Rc::new(
+                HttpRegistryClient::new(TcpConnector, url, HttpRegistryClientConfig::default())
+                    .context("--registry")?,
+            );
+            ValueDecoder {
+                readings: ReadingDecoder::with_registry(client.clone(), ReadingCodec::v1()),
+                registry: Some(client),
+                writers: std::cell::RefCell::new(BTreeMap::new()),
+                shipped: None,
+            }
         }
-        None => ReadingDecoder::without_registry(),
+        None => ValueDecoder {
+            readings: ReadingDecoder::without_registry(),
+            registry: None,
+            writers: std::cell::RefCell::new(BTreeMap::new()),
+            shipped: shipped_schema(&args.topic),
+        },
     };
     let mut summary = Summary::default();
     let mut stdout = std::io::stdout().lock();
@@ -132,10 +243,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         for record in records {
             last_record_at = Instant::now();
-            let decoded = decoder
-                .decode(record.value.as_deref())
-                .await
-                .map_err(|e| e.to_string());
+            let decoded = decoder.decode(record.value.as_deref()).await;
             let view = RecordView {
                 record: &record,
                 decoded,
@@ -178,7 +286,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// A consumed record with its decoded reading, ready to print.
 struct RecordView<'a> {
     record: &'a ConsumedRecord,
-    decoded: Result<(u32, Reading), String>,
+    decoded: Result<Decoded, String>,
 }
 
 /// A header value as text when it is UTF-8 without control characters, else
@@ -218,7 +326,9 @@ impl<'a> RecordView<'a> {
 
     /// Kafka timestamp minus event time, in ms, when both exist.
     fn timestamp_skew_ms(&self) -> Option<i64> {
-        let (_, reading) = self.decoded.as_ref().ok()?;
+        let Ok(Decoded::Reading(_, reading)) = self.decoded.as_ref() else {
+            return None;
+        };
         if self.record.timestamp_kind == TimestampKind::NotAvailable {
             return None;
         }
@@ -227,7 +337,7 @@ impl<'a> RecordView<'a> {
 
     /// What is inconsistent between the record and its reading.
     fn flags(&self) -> Vec<String> {
-        let Ok((_, reading)) = &self.decoded else {
+        let Ok(Decoded::Reading(_, reading)) = &self.decoded else {
             return Vec::new();
         };
         let mut flags = Vec::new();
@@ -272,7 +382,10 @@ impl<'a> RecordView<'a> {
         );
         match &self.decoded {
             Err(reason) => out.push_str(&format!("  UNDECODABLE: {reason}")),
-            Ok((schema_id, r)) => {
+            Ok(Decoded::Record(schema_id, name, value)) => {
+                out.push_str(&format!("  schema {schema_id} ({name})\n  {value}"));
+            }
+            Ok(Decoded::Reading(schema_id, r)) => {
                 out.push_str(&format!("  schema {schema_id}\n"));
                 let optional = |value: Option<f64>, unit: &str, digits: usize| {
                     value.map_or("-".to_string(), |v| format!("{v:.digits$} {unit}"))
@@ -328,7 +441,12 @@ impl<'a> RecordView<'a> {
             Err(reason) => {
                 fields.insert("error", json!(reason));
             }
-            Ok((schema_id, reading)) => {
+            Ok(Decoded::Record(schema_id, name, value)) => {
+                fields.insert("schema_id", json!(schema_id));
+                fields.insert("schema", json!(name));
+                fields.insert("value", value.clone());
+            }
+            Ok(Decoded::Reading(schema_id, reading)) => {
                 let mut reading_json = serde_json::to_value(reading).unwrap_or_else(|_| json!({}));
                 if let Some(object) = reading_json.as_object_mut() {
                     object.insert(
@@ -387,6 +505,39 @@ mod tests {
     use super::*;
     use soilstream::codec::to_wire;
 
+    #[test]
+    fn qaqc_records_decode_with_their_shipped_schema() {
+        use soilstream::qaqc::records::OutputCodecs;
+        let codecs = OutputCodecs::default();
+        let alert = soilstream::qaqc::records::AlertRecord {
+            alert: "sensor_silent".into(),
+            transition: "raise".into(),
+            sensor_id: "probe-07".into(),
+            gateway_id: "gw-01".into(),
+            depth_cm: 10,
+            episode: 1,
+            historical: false,
+            event_time: 1_700_000_000_000,
+            value: 1_800_000.0,
+            threshold: 1_800_000.0,
+            detail: "no reading".into(),
+        };
+        let value = to_wire(5, &codecs.alerts.encode_body(&alert).unwrap());
+        let decoder = ValueDecoder {
+            readings: ReadingDecoder::without_registry(),
+            registry: None,
+            writers: std::cell::RefCell::new(BTreeMap::new()),
+            shipped: shipped_schema("soil-alerts"),
+        };
+        let decoded = futures::executor::block_on(decoder.decode(Some(&value))).unwrap();
+        let Decoded::Record(id, name, json) = decoded else {
+            panic!("{decoded:?}");
+        };
+        assert_eq!((id, name.as_str()), (5, "io.soilstream.qaqc.SoilAlert"));
+        assert_eq!(json["transition"], "raise");
+        assert!(shipped_schema("soil-moisture-raw").is_none());
+    }
+
     fn reading() -> Reading {
         Reading {
             gateway_id: "gw-01".into(),
@@ -420,6 +571,7 @@ mod tests {
     fn view(record: &ConsumedRecord) -> RecordView<'_> {
         let decoded =
             futures::executor::block_on(ReadingDecoder::without_registry().decode(record.value.as_deref()))
+                .map(|(id, r)| Decoded::Reading(id, r))
                 .map_err(|e| e.to_string());
         RecordView { record, decoded }
     }

@@ -256,6 +256,8 @@ impl PartitionState {
         self.dedup.clear();
         self.quarantined.clear();
         self.quarantined_order.clear();
+        self.quarantined_offsets.clear();
+        self.uncommitted_identities.clear();
     }
 
     /// Input offsets below `committed` will never be read again: forget
