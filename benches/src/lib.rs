@@ -4,6 +4,8 @@
 //!   throughput on the real filesystem;
 //! - `drain`: the gateway draining a spooled backlog through rdkafka to a
 //!   real Tansu broker, in readings per second, for several in-flight limits;
+//! - `qaqc`: qaqc's throughput against a plain consume-and-produce
+//!   passthrough on the same real broker (a ratio);
 //! - `sim_speed`: the capstone-sized simulated world, reporting simulated
 //!   seconds per wall-clock second against the 30 s target.
 //!

@@ -59,8 +59,11 @@ pub struct ReadingDecoder {
     registry: Option<Rc<dyn SchemaRegistry>>,
     /// Writer schemas by id, with whether each is the reader's own schema
     /// (then bodies decode without resolution).
-    writers: RefCell<BTreeMap<u32, Result<(Schema, bool), DecodeError>>>,
+    writers: RefCell<BTreeMap<u32, Result<WriterSchema, DecodeError>>>,
 }
+
+/// A writer schema, and whether it is the reader's own.
+type WriterSchema = (Schema, bool);
 
 impl ReadingDecoder {
     /// Decodes every value as written with the shipped v1 schema, whatever

@@ -104,7 +104,7 @@ impl Default for QaqcSection {
             checkpoint_interval_ms: 60_000,
             timer_interval_ms: 1_000,
             poll_wait_ms: 200,
-            max_in_flight_outputs: 20_000,
+            max_in_flight_outputs: 5_000,
             revoke_wait_max_ms: 10_000,
             rebuild_stall_timeout_ms: 120_000,
         }

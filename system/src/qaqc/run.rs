@@ -249,6 +249,9 @@ struct Engine {
     rebuilt_rx: tokio::sync::mpsc::UnboundedReceiver<RebuildDone>,
     next_token: u64,
     in_flight: FuturesUnordered<Delivery>,
+    /// Outputs decided and not yet handed to the producer (its queue was
+    /// full), in order, with their partition and ownership epoch.
+    unsent: std::collections::VecDeque<(i32, u64, Output)>,
     next_epoch: u64,
     delivery_failed: Option<ProduceError>,
     report: QaqcReport,
@@ -357,6 +360,7 @@ pub async fn run_qaqc(
         rebuilt_rx,
         next_token: 1,
         in_flight: FuturesUnordered::new(),
+        unsent: std::collections::VecDeque::new(),
         next_epoch: 1,
         delivery_failed: None,
         report: QaqcReport::default(),
@@ -696,9 +700,9 @@ impl Engine {
                 self.recover(error, shutdown).await;
                 continue;
             }
-            let in_flight = self.in_flight.len();
-            self.parts.metrics.in_flight_outputs.set(in_flight as i64);
-            if in_flight >= q.max_in_flight_outputs {
+            self.flush_unsent();
+            let in_flight = self.in_flight.len() + self.unsent.len();
+            if in_flight >= q.max_in_flight_outputs || !self.unsent.is_empty() {
                 // Input paused: wait for acknowledgements (bounded, so the
                 // group membership is still kept up by the next poll).
                 let wait = Duration::from_millis(q.poll_wait_ms);
@@ -708,7 +712,10 @@ impl Engine {
                     done = self.in_flight.next() => if let Some(done) = done { self.delivered(done) },
                     _ = sleep(wait) => {}
                 }
-                if self.in_flight.len() >= q.max_in_flight_outputs {
+                self.flush_unsent();
+                if self.in_flight.len() + self.unsent.len() >= q.max_in_flight_outputs
+                    || !self.unsent.is_empty()
+                {
                     // Keep the membership alive without taking more input.
                     self.parts.group.set_fetching(false);
                 } else {
@@ -787,7 +794,8 @@ impl Engine {
         }
         // Shutdown: wait for what is in flight (bounded), commit, leave.
         let deadline = Instant::now() + Duration::from_millis(q.revoke_wait_max_ms);
-        while !self.in_flight.is_empty() && Instant::now() < deadline {
+        while (!self.in_flight.is_empty() || !self.unsent.is_empty()) && Instant::now() < deadline {
+            self.flush_unsent();
             match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
                 Ok(Some(done)) => self.delivered(done),
                 _ => break,
@@ -834,18 +842,17 @@ impl Engine {
         while let Some(Some(done)) = self.in_flight.next().now_or_never() {
             self.delivered(done);
         }
+        self.parts
+            .metrics
+            .in_flight_outputs
+            .set((self.in_flight.len() + self.unsent.len()) as i64);
     }
 
     fn delivered(&mut self, (partition, epoch, src, aggregate_seq, topic, result): Delivered) {
         let Some(owned) = self.owned.get_mut(&partition).filter(|o| o.epoch == epoch) else {
             return; // a partition no longer (or not in this epoch) owned
         };
-        if let Some(count) = owned.pending.get_mut(&src) {
-            *count -= 1;
-            if *count == 0 {
-                owned.pending.remove(&src);
-            }
-        }
+        decrement(&mut owned.pending, src);
         let position = match result {
             Ok(position) => position,
             Err(error) => {
@@ -904,6 +911,7 @@ impl Engine {
             return;
         };
         self.producer = producer;
+        self.unsent.clear();
         let partitions: Vec<i32> = self.owned.keys().copied().collect();
         self.owned.clear();
         self.awaiting_committed.extend(partitions);
@@ -1094,6 +1102,7 @@ impl Engine {
                 if pending == 0 || self.delivery_failed.is_some() {
                     break;
                 }
+                self.flush_unsent();
                 match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
                     Ok(Some(done)) => self.delivered(done),
                     Ok(None) => break,
@@ -1229,8 +1238,31 @@ impl Engine {
     }
 
     /// Encodes and enqueues outputs of `partition`.
+    /// Queues outputs of `partition` for the producer, in order; they count
+    /// as pending (holding back the commit of their source offsets) from now
+    /// on.
     fn enqueue(&mut self, partition: i32, outputs: Vec<Output>) {
+        let Some(owned) = self.owned.get_mut(&partition) else {
+            return;
+        };
+        let epoch = owned.epoch;
         for output in outputs {
+            *owned.pending.entry(output.src_offset).or_default() += 1;
+            self.unsent.push_back((partition, epoch, output));
+        }
+        self.flush_unsent();
+    }
+
+    /// Hands queued outputs to the producer until it is full (its bounded
+    /// queue: back-pressure, retried later) or fails.
+    fn flush_unsent(&mut self) {
+        while let Some((partition, epoch, _)) = self.unsent.front() {
+            let (partition, epoch) = (*partition, *epoch);
+            if self.owned.get(&partition).is_none_or(|o| o.epoch != epoch) {
+                self.unsent.pop_front(); // the partition moved on meanwhile
+                continue;
+            }
+            let output = self.unsent.front().expect("checked").2.clone();
             let src = output.src_offset;
             let aggregate = match &output.body {
                 OutputBody::Aggregate(aggregate) => Some(aggregate.clone()),
@@ -1241,16 +1273,17 @@ impl Engine {
                 Err(error) => {
                     // Our own records always encode; a failure is a defect.
                     tracing::error!(partition, src, %error, "cannot encode an output; dropped");
+                    self.unsent.pop_front();
+                    if let Some(owned) = self.owned.get_mut(&partition) {
+                        decrement(&mut owned.pending, src);
+                    }
                     continue;
                 }
             };
-            let Some(owned) = self.owned.get_mut(&partition) else {
-                return;
-            };
-            let epoch = owned.epoch;
             match self.producer.enqueue(record) {
                 Ok(delivery) => {
-                    *owned.pending.entry(src).or_default() += 1;
+                    self.unsent.pop_front();
+                    let owned = self.owned.get_mut(&partition).expect("checked above");
                     self.parts.metrics.count_out(&topic);
                     let aggregate_seq = aggregate.map(|aggregate| {
                         let seq = owned.next_aggregate_seq;
@@ -1262,15 +1295,20 @@ impl Engine {
                     self.in_flight
                         .push(track(partition, epoch, src, aggregate_seq, topic, delivery));
                 }
+                Err(ProduceError::QueueFull) => break,
                 Err(error) => {
                     self.parts.metrics.delivery_failures.inc();
                     if self.delivery_failed.is_none() {
                         self.delivery_failed = Some(error);
                     }
-                    return;
+                    break;
                 }
             }
         }
+        self.parts
+            .metrics
+            .in_flight_outputs
+            .set((self.in_flight.len() + self.unsent.len()) as i64);
     }
 
     fn encode(
@@ -1381,6 +1419,15 @@ impl Engine {
                 headers,
             },
         ))
+    }
+}
+
+fn decrement(pending: &mut BTreeMap<i64, u32>, src: i64) {
+    if let Some(count) = pending.get_mut(&src) {
+        *count -= 1;
+        if *count == 0 {
+            pending.remove(&src);
+        }
     }
 }
 
