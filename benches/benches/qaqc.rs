@@ -17,18 +17,15 @@
 //! larger outputs). Without a `tansu` binary it says how to install one and
 //! exits successfully.
 
-use soilstream::clock::SystemClock;
 use soilstream::codec::{ReadingCodec, SOIL_READING_SCHEMA_V1, to_wire};
 use soilstream::component::Shutdown;
-use soilstream::gateway::{HEADER_GATEWAY_ID, HEADER_SEQ, ProducerFactory};
-use soilstream::qaqc::run::{NoQaqcObserver, ReaderFactory};
-use soilstream::qaqc::{QaqcMetrics, QaqcParts, QaqcSettings, run_qaqc};
+use soilstream::gateway::{HEADER_GATEWAY_ID, HEADER_SEQ};
+use soilstream::qaqc::kafka::kafka_parts;
+use soilstream::qaqc::{QaqcMetrics, QaqcSettings, run_qaqc};
 use soilstream::registry::{InProcessRegistry, SchemaRegistry, value_subject};
 use soilstream::transport::kafka::{KafkaClientConfig, KafkaConsumer, KafkaProducer};
-use soilstream::transport::kafka_group::{KafkaGroupConfig, KafkaGroupConsumer};
-use soilstream::transport::{
-    ConsumeError, LogConsumer, LogProducer, OutboundRecord, ProduceError, StartOffset,
-};
+use soilstream::transport::kafka_group::KafkaGroupConfig;
+use soilstream::transport::{LogConsumer, LogProducer, OutboundRecord, ProduceError, StartOffset};
 use soilstream_benches::{BENCH_SENSORS, bench_reading, thousands};
 use soilstream_containers::{FixtureError, TansuBroker, TansuConfig, TansuStorage};
 use std::rc::Rc;
@@ -224,31 +221,16 @@ async fn qaqc(kafka: &KafkaClientConfig, records: u64, mut settings: QaqcSetting
     settings.qaqc.log_interval_ms = 0;
     settings.qaqc.checkpoint_interval_ms = 0;
     settings.qaqc.group_id = "bench-qaqc".into();
-    let group = KafkaGroupConsumer::new(kafka, &settings.qaqc.group_id, KafkaGroupConfig::default())
-        .expect("group consumer");
-    let reader_kafka = kafka.clone();
-    let reader_factory: ReaderFactory = Box::new(move || {
-        KafkaConsumer::new(&reader_kafka, "bench-qaqc-readback")
-            .map(|c| Box::new(c) as Box<dyn LogConsumer>)
-            .map_err(|e| ConsumeError::Other(e.to_string()))
-    });
-    let producer_kafka = kafka.clone();
-    let producer_factory: ProducerFactory = Box::new(move || {
-        KafkaProducer::new(&producer_kafka)
-            .map(|p| Rc::new(p) as Rc<dyn LogProducer>)
-            .map_err(|e| ProduceError::Fatal(e.to_string()))
-    });
     let metrics = QaqcMetrics::new();
-    let parts = QaqcParts {
-        disk: Rc::new(soilstream::disk::StdDisk),
-        clock: Rc::new(SystemClock),
+    let parts = kafka_parts(
+        kafka,
+        &settings.qaqc.group_id,
+        KafkaGroupConfig::default(),
         registry,
-        group: Box::new(group),
-        reader_factory,
-        producer_factory,
-        observer: Rc::new(NoQaqcObserver),
-        metrics: metrics.clone(),
-    };
+        metrics.clone(),
+        None,
+    )
+    .expect("qaqc parts");
     let (trigger, shutdown) = Shutdown::new();
     let started = Instant::now();
     let watch = async {

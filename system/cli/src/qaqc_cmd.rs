@@ -1,18 +1,14 @@
 //! `soilstream qaqc`: run the QA/QC stream processor against a real broker.
 
 use anyhow::Context;
-use soilstream::clock::SystemClock;
 use soilstream::component::Shutdown;
-use soilstream::disk::StdDisk;
-use soilstream::gateway::ProducerFactory;
-use soilstream::qaqc::run::{NoQaqcObserver, ReaderFactory};
-use soilstream::qaqc::{QaqcFileConfig, QaqcMetrics, QaqcParts, run_qaqc};
+use soilstream::qaqc::kafka::kafka_parts;
+use soilstream::qaqc::{QaqcFileConfig, QaqcMetrics, run_qaqc};
 use soilstream::registry::{
     HttpRegistryClient, HttpRegistryClientConfig, InProcessRegistry, SchemaRegistry, TcpConnector,
 };
-use soilstream::transport::kafka::{KafkaConsumer, KafkaProducer, ensure_topics};
-use soilstream::transport::kafka_group::KafkaGroupConsumer;
-use soilstream::transport::{ConsumeError, LogConsumer, LogProducer, ProduceError};
+use soilstream::transport::kafka::{KafkaConsumer, ensure_topics};
+use soilstream::transport::{ConsumeError, LogConsumer};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -132,7 +128,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     ensure_topics(&kafka.bootstrap_servers, &kafka.properties, &outputs)
         .await
         .context("the output topics must have the raw topic's partition count (co-partitioning)")?;
-    drop(KafkaProducer::new(&kafka).context("invalid [kafka] configuration")?);
 
     let registry: Rc<dyn SchemaRegistry> = match &config.registry.url {
         Some(url) => Rc::new(
@@ -141,32 +136,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         None => Rc::new(InProcessRegistry::new()),
     };
-    let group = KafkaGroupConsumer::new(&kafka, &settings.qaqc.group_id, config.group)
-        .context("invalid [kafka] or [group] configuration")?;
-    let reader_kafka = kafka.clone();
-    let reader_group = format!("{}-readback", settings.qaqc.group_id);
-    let reader_factory: ReaderFactory = Box::new(move || {
-        KafkaConsumer::new(&reader_kafka, &reader_group)
-            .map(|c| Box::new(c) as Box<dyn LogConsumer>)
-            .map_err(|e| ConsumeError::Other(e.to_string()))
-    });
-    let producer_kafka = kafka.clone();
-    let producer_factory: ProducerFactory = Box::new(move || {
-        KafkaProducer::new(&producer_kafka)
-            .map(|p| Rc::new(p) as Rc<dyn LogProducer>)
-            .map_err(|e| ProduceError::Fatal(e.to_string()))
-    });
     let metrics = QaqcMetrics::new();
-    let parts = QaqcParts {
-        disk: Rc::new(StdDisk),
-        clock: Rc::new(SystemClock),
+    let parts = kafka_parts(
+        &kafka,
+        &settings.qaqc.group_id,
+        config.group,
         registry,
-        group: Box::new(group),
-        reader_factory,
-        producer_factory,
-        observer: Rc::new(NoQaqcObserver),
-        metrics: metrics.clone(),
-    };
+        metrics.clone(),
+        None,
+    )
+    .context("invalid [kafka] or [group] configuration")?;
     let metrics_listener = crate::serve::bind_metrics(&config.metrics.listen).await?;
     let (trigger, shutdown) = Shutdown::new();
     let render = metrics.clone();

@@ -29,6 +29,7 @@
 //! | [`records`] | output records, schemas, codecs, headers |
 //! | [`state`] | one partition's state and every decision |
 //! | [`checkpoint`] | local checkpoints (an optimisation; the outputs are the truth) |
+//! | [`kafka`] | the real world's parts (rdkafka, system clock, local disk) |
 //! | [`run`] | the component: group membership, rebuild, produce, commit |
 //! | [`metrics`] | the Prometheus metrics |
 //! | [`oracle`] | what the derived outputs must end up as, computed offline |
@@ -38,6 +39,7 @@ pub mod checkpoint;
 pub mod checks;
 pub mod config;
 pub mod flags;
+pub mod kafka;
 pub mod metrics;
 pub mod oracle;
 pub mod records;

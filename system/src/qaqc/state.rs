@@ -681,37 +681,9 @@ impl PartitionState {
                         sensor.series.set_emitted(current.index, emitted);
                         continue;
                     }
-                    let Some(emitted) = sensor.series.emitted(current.index) else {
-                        // A reading of an earlier batch whose clean record is
-                        // not written yet cannot exist: every batch writes its own.
-                        continue;
-                    };
-                    if emitted.flags == current.flags {
-                        continue;
-                    }
-                    let revision = emitted.revision + 1;
-                    sensor.series.set_emitted(
-                        current.index,
-                        EmittedFlags {
-                            flags: current.flags,
-                            lookahead_complete: current.lookahead_complete,
-                            revision,
-                        },
-                    );
-                    let (gateway_id, seq) = sensor.series.identity(current.index);
-                    ctx.metrics.flag_revisions.inc();
-                    outputs.push(Output {
-                        src_offset: src,
-                        body: OutputBody::Flags(FlagRevision {
-                            gateway_id: gateway_id.to_string(),
-                            sensor_id: sensor_id.clone(),
-                            seq: seq as i64,
-                            event_time: sensor.series.time_ms(current.index),
-                            flags: current.flags.codes(),
-                            revision: revision as i32,
-                            lookahead_complete: current.lookahead_complete,
-                        }),
-                    });
+                    // A reading of an earlier batch always has its clean
+                    // record written: every batch writes its own.
+                    outputs.extend(revise_flags(&mut sensor.series, &sensor_id, &current, src, ctx));
                 }
             }
         }
@@ -1093,35 +1065,7 @@ impl PartitionState {
             let sensor = self.sensors.get_mut(sensor_id).expect("listed");
             let n = sensor.series.len();
             for current in sensor.series.current_flags(0..n, &s.flags, saturation) {
-                let Some(emitted) = sensor.series.emitted(current.index) else {
-                    continue;
-                };
-                if emitted.flags == current.flags {
-                    continue;
-                }
-                let revision = emitted.revision + 1;
-                sensor.series.set_emitted(
-                    current.index,
-                    EmittedFlags {
-                        flags: current.flags,
-                        lookahead_complete: current.lookahead_complete,
-                        revision,
-                    },
-                );
-                let (gateway_id, seq) = sensor.series.identity(current.index);
-                ctx.metrics.flag_revisions.inc();
-                outputs.push(Output {
-                    src_offset: src,
-                    body: OutputBody::Flags(FlagRevision {
-                        gateway_id: gateway_id.to_string(),
-                        sensor_id: sensor_id.clone(),
-                        seq: seq as i64,
-                        event_time: sensor.series.time_ms(current.index),
-                        flags: current.flags.codes(),
-                        revision: revision as i32,
-                        lookahead_complete: current.lookahead_complete,
-                    }),
-                });
+                outputs.extend(revise_flags(&mut sensor.series, sensor_id, &current, src, ctx));
             }
             let pending: Vec<AlertEvent> = sensor
                 .alert_ledgers
@@ -1189,6 +1133,45 @@ fn aggregate_record(
         sensor_watermark: high_water_ms,
         historical,
     }
+}
+
+/// A flag revision for a reading whose flags by the rules (`current`) differ
+/// from the ones last written, recorded as written; `None` when they agree
+/// (or nothing was written for it yet).
+fn revise_flags(
+    series: &mut SensorSeries,
+    sensor_id: &str,
+    current: &super::series::CurrentFlags,
+    src: i64,
+    ctx: &Ctx<'_>,
+) -> Option<Output> {
+    let emitted = series.emitted(current.index)?;
+    if emitted.flags == current.flags {
+        return None;
+    }
+    let revision = emitted.revision + 1;
+    series.set_emitted(
+        current.index,
+        EmittedFlags {
+            flags: current.flags,
+            lookahead_complete: current.lookahead_complete,
+            revision,
+        },
+    );
+    let (gateway_id, seq) = series.identity(current.index);
+    ctx.metrics.flag_revisions.inc();
+    Some(Output {
+        src_offset: src,
+        body: OutputBody::Flags(FlagRevision {
+            gateway_id: gateway_id.to_string(),
+            sensor_id: sensor_id.to_string(),
+            seq: seq as i64,
+            event_time: series.time_ms(current.index),
+            flags: current.flags.codes(),
+            revision: revision as i32,
+            lookahead_complete: current.lookahead_complete,
+        }),
+    })
 }
 
 fn alert_output(
