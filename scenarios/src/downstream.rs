@@ -236,10 +236,11 @@ pub fn check_downstream(
         let reading = record.value.as_deref().and_then(|v| decode_raw(v).ok());
         if let Some(r) = &reading {
             let id = (r.gateway_id.clone(), r.sensor_id.clone(), r.seq);
-            if first_copies.contains_key(&id) {
-                report.tally.raw_repeats += 1;
-            } else {
-                first_copies.insert(id, (r.clone(), (record.partition, record.offset)));
+            match first_copies.entry(id) {
+                std::collections::btree_map::Entry::Occupied(_) => report.tally.raw_repeats += 1,
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert((r.clone(), (record.partition, record.offset)));
+                }
             }
         }
         raw_by_position.insert((record.partition, record.offset), (record, reading));

@@ -53,13 +53,16 @@ pub enum DecodeError {
     },
 }
 
+/// A writer schema looked up by id, with whether it is the reader's own
+/// schema (then bodies decode without resolution), or why it cannot be used.
+type WriterLookup = Result<(Schema, bool), DecodeError>;
+
 /// Decodes reading values, with or without a registry.
 pub struct ReadingDecoder {
     reader: ReadingCodec,
     registry: Option<Rc<dyn SchemaRegistry>>,
-    /// Writer schemas by id, with whether each is the reader's own schema
-    /// (then bodies decode without resolution).
-    writers: RefCell<BTreeMap<u32, Result<(Schema, bool), DecodeError>>>,
+    /// Writer schemas by id.
+    writers: RefCell<BTreeMap<u32, WriterLookup>>,
 }
 
 impl ReadingDecoder {
