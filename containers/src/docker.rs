@@ -1,6 +1,7 @@
 //! The real world in containers: where a Docker engine is present, the Tansu
-//! broker and the `soilstream` gateway run as containers (testcontainers),
-//! and a test cuts them off the network, pauses them and kills them.
+//! broker, the `soilstream` gateway and the `soilstream qaqc` processor run
+//! as containers (testcontainers), and a test cuts them off the network,
+//! pauses them and kills them.
 //!
 //! Compiled always (no cargo feature); every entry point first asks
 //! [`DockerAvailability::detect`] whether an engine answers, and the suites
@@ -92,6 +93,7 @@ mod gateway;
 mod handle;
 mod image;
 mod network;
+mod qaqc;
 mod tansu;
 
 pub use gateway::{GatewayContainer, GatewayContainerConfig, GatewayExit};
@@ -100,6 +102,7 @@ pub use image::{
     build_tansu_image, shared_libraries,
 };
 pub use network::DockerNetwork;
+pub use qaqc::{QaqcContainer, QaqcContainerConfig, QaqcExit};
 pub use tansu::{TansuContainer, TansuContainerConfig};
 
 use crate::FixtureError;

@@ -1,7 +1,7 @@
 //! The real world for soilstream's test suites: a Kafka-protocol broker
 //! (Tansu 0.6.0) as a process, a TCP fault proxy, and component processes
 //! that can be killed, paused and restarted; and, where a Docker engine is
-//! present, the broker and the gateway as containers ([`docker`]).
+//! present, the broker, the gateway and qaqc as containers ([`docker`]).
 //!
 //! | fixture | what it does |
 //! |---|---|
@@ -24,6 +24,7 @@
 //! | [`DockerNetwork`] | a user-defined bridge network per test; removes every container and volume of its session when dropped |
 //! | [`TansuContainer`] | Tansu in a container (testcontainers), SQLite on a named volume, Kafka port published on the network's gateway address and advertised as such; kill (SIGKILL), stop, restart on the same volume, pause/unpause, disconnect/reconnect |
 //! | [`GatewayContainer`] | the real `soilstream gateway` in a container, configuration, spool and ledger on a bind mount, `/metrics` on a loopback port; kill, stop, restart, pause, disconnect/reconnect (a partition) |
+//! | [`QaqcContainer`] | the real `soilstream qaqc` in a container from the same image, configuration and state directory on a bind mount, `/metrics` on a loopback port; kill, stop, restart, disconnect/reconnect |
 
 pub mod docker;
 mod error;
@@ -34,7 +35,8 @@ mod wait;
 
 pub use docker::{
     DockerAvailability, DockerEngine, DockerError, DockerImage, DockerNetwork, GatewayContainer,
-    GatewayContainerConfig, TansuContainer, TansuContainerConfig, build_soilstream_image, build_tansu_image,
+    GatewayContainerConfig, QaqcContainer, QaqcContainerConfig, TansuContainer, TansuContainerConfig,
+    build_soilstream_image, build_tansu_image,
 };
 pub use error::FixtureError;
 pub use process::{ChildProcess, ChildSpec, Termination};

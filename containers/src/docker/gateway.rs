@@ -313,7 +313,7 @@ impl GatewayContainer {
 
 /// One `GET /metrics` over HTTP/1.0 (the server closes the connection after
 /// the body).
-fn scrape(addr: SocketAddr) -> Result<String, DockerError> {
+pub(super) fn scrape(addr: SocketAddr) -> Result<String, DockerError> {
     let timeout = Duration::from_millis(SCRAPE_TIMEOUT_MS);
     let io = |what: &str, e: std::io::Error| DockerError::io(format!("{what} {addr}/metrics"), e);
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| io("connecting to", e))?;

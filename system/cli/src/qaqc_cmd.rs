@@ -149,14 +149,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let metrics_listener = crate::serve::bind_metrics(&config.metrics.listen).await?;
     let (trigger, shutdown) = Shutdown::new();
     let render = metrics.clone();
-    let result = crate::serve::run_component(
-        metrics_listener,
-        std::sync::Arc::new(move || render.render()),
-        trigger,
-        shutdown.clone(),
-        run_qaqc(settings, parts, shutdown),
-    )
-    .await?;
+    // run_qaqc rebuilds partitions in tasks of its own thread
+    // (`tokio::task::spawn_local`), which need a LocalSet around it.
+    let result = tokio::task::LocalSet::new()
+        .run_until(crate::serve::run_component(
+            metrics_listener,
+            std::sync::Arc::new(move || render.render()),
+            trigger,
+            shutdown.clone(),
+            run_qaqc(settings, parts, shutdown),
+        ))
+        .await?;
     let report = result?;
     tracing::info!(?report, "qaqc finished");
     Ok(ExitCode::SUCCESS)

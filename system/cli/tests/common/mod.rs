@@ -1,7 +1,9 @@
 //! Helpers shared by the CLI's integration suites: the registry service as a
-//! process (here), the gateway as a process ([`gateway`]), the real broker and
-//! the checker over its raw topic ([`broker`]), Confluent's Python client
-//! ([`python`]) and log tails printed when a test fails ([`logs`]).
+//! process (here), the gateway as a process ([`gateway`]), the QA/QC
+//! processor as a process and the checkers of its outputs ([`qaqc`]), the
+//! real broker and the checker over its raw topic ([`broker`]), Confluent's
+//! Python client ([`python`]) and log tails printed when a test fails
+//! ([`logs`]).
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -9,6 +11,7 @@ pub mod broker;
 pub mod gateway;
 pub mod logs;
 pub mod python;
+pub mod qaqc;
 
 use soilstream::registry::{HttpRegistryClient, HttpRegistryClientConfig, TcpConnector};
 use std::io::{BufRead, BufReader, Read};
@@ -28,12 +31,18 @@ pub struct RegistryProcess {
 }
 
 impl RegistryProcess {
-    /// Starts the registry on a free port over `data`; its log goes to
-    /// `stderr_path`.
+    /// Starts the registry on a free loopback port over `data`; its log goes
+    /// to `stderr_path`.
     pub fn start(data: &Path, stderr_path: &Path) -> Self {
+        Self::start_on("127.0.0.1:0", data, stderr_path)
+    }
+
+    /// Starts the registry listening on `listen` (e.g. `172.18.0.1:0`, the
+    /// host side of a Docker network, for containers to reach it).
+    pub fn start_on(listen: &str, data: &Path, stderr_path: &Path) -> Self {
         let stderr = std::fs::File::create(stderr_path).expect("create the stderr file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_soilstream"))
-            .args(["registry", "serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["registry", "serve", "--listen", listen, "--data"])
             .arg(data)
             .env("SOILSTREAM_LOG", "info")
             .stdin(Stdio::null())
