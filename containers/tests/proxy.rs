@@ -67,6 +67,13 @@ fn pass_forwards_both_ways_and_counts_bytes() {
         round_trip(&mut stream, b"hello", 5_000),
         Ok(Some(b"hello".to_vec()))
     );
+    // The proxy counts a chunk after its write returns, which can be just
+    // after the client already read the echo: wait for the counter.
+    wait_until("the echo is counted", 5_000, || {
+        let stats = proxy.stats();
+        stats.bytes_to_client == 5 && stats.bytes_to_target == 5
+    })
+    .unwrap();
     let stats = proxy.stats();
     assert_eq!(stats.accepted_connections, 1);
     assert_eq!(stats.bytes_to_target, 5);
@@ -160,6 +167,10 @@ fn blackhole_swallows_and_poisons_only_connections_that_lost_bytes() {
         round_trip(&mut after, b"new-ok", 5_000),
         Ok(Some(b"new-ok".to_vec()))
     );
+    wait_until("forwarded bytes counted", 5_000, || {
+        proxy.stats().bytes_to_target >= forwarded_before + 7 + 6
+    })
+    .unwrap();
     assert_eq!(proxy.stats().bytes_to_target, forwarded_before + 7 + 6);
 }
 

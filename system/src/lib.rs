@@ -15,6 +15,7 @@
 //!
 //! The gateway's durable queue of readings is the [`spool`].
 
+pub mod archive;
 pub mod backfill;
 pub mod clock;
 pub mod codec;

@@ -286,6 +286,14 @@ impl QaqcMetrics {
             .set(records);
     }
 
+    /// Forgets the lag of a partition this instance no longer owns (so a
+    /// released partition does not keep reporting a stale lag).
+    pub fn clear_lag(&self, partition: i32) {
+        self.lag.remove(&PartitionLabel {
+            partition: partition.to_string(),
+        });
+    }
+
     /// Counts a state limit that dropped state.
     pub fn count_limit_hit(&self, limit: &str) {
         self.limit_hits
@@ -350,5 +358,7 @@ mod tests {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
         assert_eq!(m.quarantined(QuarantineReason::C01), 1);
+        m.clear_lag(2);
+        assert!(!m.render().contains("lag_records{partition=\"2\"}"));
     }
 }

@@ -1134,6 +1134,7 @@ impl Engine {
         }
         for p in partitions {
             self.owned.remove(p);
+            self.parts.metrics.clear_lag(*p);
         }
         self.parts.observer.on_released(partitions, lost);
     }
