@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod archive_cmd;
 mod args;
 mod backfill_cmd;
 mod consume_cmd;
@@ -35,6 +36,9 @@ enum Command {
     /// flag revisions, window aggregates and alerts (embedded defaults
     /// without --config).
     Qaqc(qaqc_cmd::Args),
+    /// Archive clean readings into Parquet files by event date (local
+    /// directory or S3), exactly once; `archive verify`, `archive replay`.
+    Archive(archive_cmd::Args),
     /// Ingest an SD-card log (CSV) into the raw topic with the original event
     /// times; resumable, rate-limited.
     Backfill(backfill_cmd::Args),
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => block_on(gateway_cmd::run(args)),
         Command::Qaqc(args) => block_on(qaqc_cmd::run(args)),
         Command::Consume(args) => block_on(consume_cmd::run(args)),
+        Command::Archive(args) => block_on(archive_cmd::run(args)),
         Command::Backfill(args) => block_on(backfill_cmd::run(args)),
         Command::Spool(args) => spool_cmd::run(args),
         Command::Registry(args) => block_on(registry_cmd::run(args)),

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! <topic>/event_date=YYYY-MM-DD/<topic>+<partition>+<first:020>+<last:020>.parquet
-//! _archive/<topic>/p=<partition>/<first:020>.pending    intent: the files a batch will write
-//! _archive/<topic>/p=<partition>/<first:020>.commit     commit marker: the batch is in the archive
+//! _archive/<topic>/p=<partition>/<first:020>.<attempt:04>.pending   intent: the files an attempt will write
+//! _archive/<topic>/p=<partition>/<first:020>.<attempt:04>.commit    marker: committed, or aborted (fenced)
 //! ```
 //!
 //! `first` and `last` are the batch's Kafka offset range (inclusive), shared
@@ -11,6 +11,11 @@
 //! so name order is offset order. The date is the reading's own event time in
 //! UTC. The leading underscore keeps the manifests out of readers' globs
 //! (DuckDB `read_parquet('<topic>/*/*.parquet')`, pyarrow datasets).
+//!
+//! A batch is tried at a *position* (its first offset) under an *attempt*
+//! number; the pending object is the attempt's lock (create-if-absent), the
+//! marker its outcome (create-if-absent too, so of a commit and an abort of
+//! the same attempt exactly one wins). docs/archive.md has the protocol.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,36 +57,62 @@ pub fn manifest_prefix(topic: &str, partition: i32) -> String {
     format!("{MANIFEST_DIR}/{topic}/p={partition}/")
 }
 
-/// The intent of the batch starting at `first`.
-pub fn pending_path(topic: &str, partition: i32, first: i64) -> String {
-    format!("{}{first:020}.pending", manifest_prefix(topic, partition))
+/// The intent of attempt `attempt` of the batch at position `first`.
+pub fn pending_path(topic: &str, partition: i32, first: i64, attempt: u32) -> String {
+    format!(
+        "{}{first:020}.{attempt:04}.pending",
+        manifest_prefix(topic, partition)
+    )
 }
 
-/// The commit marker of the batch starting at `first`.
-pub fn commit_path(topic: &str, partition: i32, first: i64) -> String {
-    format!("{}{first:020}.commit", manifest_prefix(topic, partition))
+/// The marker (commit or abort) of attempt `attempt` at position `first`.
+pub fn marker_path(topic: &str, partition: i32, first: i64, attempt: u32) -> String {
+    format!(
+        "{}{first:020}.{attempt:04}.commit",
+        manifest_prefix(topic, partition)
+    )
 }
 
-/// What a manifest file name says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Attempt numbers are below this (four digits in the name).
+pub const ATTEMPT_LIMIT: u32 = 10_000;
+
+/// What a manifest object's name says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ManifestName {
-    /// `<first>.pending`.
-    Pending(i64),
-    /// `<first>.commit`.
-    Commit(i64),
+    /// `<first>.<attempt>.pending`.
+    Pending {
+        /// Position (first offset).
+        first: i64,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// `<first>.<attempt>.commit`.
+    Marker {
+        /// Position (first offset).
+        first: i64,
+        /// Attempt number.
+        attempt: u32,
+    },
 }
 
 /// Parses the last segment of a manifest path.
 pub fn parse_manifest_name(path: &str) -> Option<ManifestName> {
     let name = path.rsplit('/').next()?;
-    let (digits, kind) = name.split_once('.')?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let mut parts = name.split('.');
+    let (digits, attempt_digits, kind) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || digits.len() != 20
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || attempt_digits.len() != 4
+        || !attempt_digits.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let first: i64 = digits.parse().ok()?;
+    let attempt: u32 = attempt_digits.parse().ok()?;
     match kind {
-        "pending" => Some(ManifestName::Pending(first)),
-        "commit" => Some(ManifestName::Commit(first)),
+        "pending" => Some(ManifestName::Pending { first, attempt }),
+        "commit" => Some(ManifestName::Marker { first, attempt }),
         _ => None,
     }
 }
@@ -126,7 +157,8 @@ pub struct SkippedRecord {
     pub reason: String,
 }
 
-/// The content of an intent (`.pending`) or a commit marker (`.commit`).
+/// The content of an intent (`.pending`) or a marker (`.commit`): a marker
+/// is a commit unless [`Manifest::aborted_by`] is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Format version.
@@ -147,6 +179,10 @@ pub struct Manifest {
     pub schema_ids: Vec<u32>,
     /// The archive instance that wrote it.
     pub writer_id: String,
+    /// Set on an abort marker: the instance that fenced this attempt (the
+    /// files listed are garbage and must not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted_by: Option<String>,
 }
 
 /// Current manifest format version.
@@ -219,14 +255,22 @@ mod tests {
         );
         assert!(data_path("t", "d", 0, 9, 9) < data_path("t", "d", 0, 10, 10));
         assert_eq!(
-            parse_manifest_name(&commit_path("t", 1, 42)),
-            Some(ManifestName::Commit(42))
+            parse_manifest_name(&marker_path("t", 1, 42, 3)),
+            Some(ManifestName::Marker {
+                first: 42,
+                attempt: 3
+            })
         );
         assert_eq!(
-            parse_manifest_name(&pending_path("t", 1, 0)),
-            Some(ManifestName::Pending(0))
+            parse_manifest_name(&pending_path("t", 1, 0, 0)),
+            Some(ManifestName::Pending { first: 0, attempt: 0 })
         );
+        assert!(marker_path("t", 1, 42, 9) < marker_path("t", 1, 42, 10));
         assert_eq!(parse_manifest_name("_archive/t/p=1/x.commit"), None);
+        assert_eq!(
+            parse_manifest_name("_archive/t/p=1/00000000000000000001.commit"),
+            None
+        );
     }
 
     #[test]
@@ -241,6 +285,7 @@ mod tests {
             skipped: vec![],
             schema_ids: vec![3],
             writer_id: "a".into(),
+            aborted_by: None,
         };
         let bytes = m.to_bytes();
         assert_eq!(Manifest::from_bytes(&bytes).unwrap(), m);

@@ -107,6 +107,26 @@ impl KafkaClientConfig {
         self
     }
 
+    /// A copy fit for printing: values of secret-looking properties
+    /// (passwords, keys, secrets, JAAS configs, tokens) are `<redacted>`.
+    pub fn redacted(&self) -> Self {
+        Self {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            properties: self
+                .properties
+                .iter()
+                .map(|(k, v)| {
+                    let shown = if is_secret_property(k) {
+                        "<redacted>".to_string()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), shown)
+                })
+                .collect(),
+        }
+    }
+
     /// Builds an rdkafka configuration: `defaults`, then the bootstrap
     /// servers, then the pass-through properties, refusing any of `protected`.
     pub(super) fn client_config(
