@@ -1,14 +1,24 @@
 //! End-to-end: the real `soilstream archive` process behind real gateways,
-//! qaqc and a real broker (Tansu), writing Parquet to a local directory:
-//! the archive aborts at a crash point of its protocol (the test-only crash
-//! hook, `SOILSTREAM_ARCHIVE_CRASH_AT`) after a few committed batches, is
-//! restarted, catches up, and then `soilstream archive verify --brokers`
-//! must find every offset of the clean topic archived once, in its event
-//! date's directory, with nothing else there; `soilstream archive replay`
-//! of the archived dates must put the same records, byte for byte, on a
-//! fresh topic, and a second replay must add nothing (resume).
+//! qaqc and a real broker (Tansu), writing Parquet to a local directory and
+//! to a real S3-compatible server on loopback (moto in server mode, which
+//! enforces create-if-absent puts). While the gateway streams, archive
+//! instances abort one after the other at the crash points of the protocol
+//! (the test-only crash hook `SOILSTREAM_ARCHIVE_CRASH_AT`, `abort()` as
+//! abrupt as `kill -9`), each restarted after the group session of the
+//! previous one expired; the last instance catches up. Then:
+//! `soilstream archive verify --brokers` must find every offset of the clean
+//! topic archived once, in its event date's directory, with nothing else
+//! there; DuckDB and pyarrow must read the files by date with the counts the
+//! clean topic gives; `soilstream archive replay` of the archived dates must
+//! put the same records, byte for byte, on a fresh topic, and a rerun must
+//! add nothing.
 //!
-//! Needs the `tansu` binary (`$SOILSTREAM_TANSU`, see the README).
+//! `after-first-data-file` needs a batch spanning two event dates, which a
+//! live flow does not make; the property tests of `system/src/archive/tests.rs`
+//! crash after every store operation instead.
+//!
+//! Needs the `tansu` binary (`$SOILSTREAM_TANSU`) and a Python with the
+//! packages of `tests/python/requirements.txt` (`$SOILSTREAM_PYTHON`).
 
 mod common;
 
@@ -16,6 +26,7 @@ use common::RegistryProcess;
 use common::broker::{RAW_TOPIC, read_topic, start_broker};
 use common::gateway::{DRAIN_TIMEOUT_MS, Gateway, GatewaySpec, SOILSTREAM};
 use common::logs::LogsOnFailure;
+use common::python::{python, tests_dir};
 use common::qaqc::{
     QAQC_ASSIGN_TIMEOUT_MS, QAQC_CATCH_UP_TIMEOUT_MS, QAQC_GROUP, Qaqc, QaqcSpec, wait_until_caught_up,
 };
@@ -25,7 +36,7 @@ use soilstream::archive::protocol::CrashPoint;
 use soilstream_containers::{ChildProcess, ChildSpec, TansuBroker, TansuConfig, wait_until};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: u32 = 3;
@@ -34,27 +45,114 @@ const ARCHIVE_GROUP: &str = "soilstream-e2e-archive";
 /// `[group] session_timeout_ms` of the archive in these tests.
 const SESSION_TIMEOUT_MS: u64 = 6_000;
 
+/// Where the archive writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Local,
+    S3,
+}
+
+const S3_BUCKET: &str = "soilstream-e2e";
+const S3_PREFIX: &str = "archive";
+const S3_KEY: &str = "soilstream-test";
+const S3_SECRET: &str = "soilstream-test-secret";
+
+/// moto on a loopback port, with the bucket created.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(log: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(python())
+            .arg(tests_dir().join("python/s3_server.py"))
+            .arg(port.to_string())
+            .arg(S3_BUCKET)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("the S3 server log"))
+            .spawn()
+            .expect("start moto (pip install -r system/cli/tests/python/requirements.txt)");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("moto's first line");
+        assert_eq!(line.trim(), "ready", "moto did not start; see {}", log.display());
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 struct World {
     logs: LogsOnFailure,
     registry: RegistryProcess,
     broker: TansuBroker,
     dir: tempfile::TempDir,
+    backend: Backend,
+    s3: Option<S3Server>,
 }
 
 impl World {
-    fn start() -> Self {
+    fn start(backend: Backend) -> Self {
         let broker = start_broker(TansuConfig::default().topic(RAW_TOPIC, PARTITIONS));
         let dir = tempfile::tempdir().expect("a temporary directory");
         let registry = RegistryProcess::start(&dir.path().join("registry"), &dir.path().join("registry.log"));
         let mut logs = LogsOnFailure::new();
         logs.watch("broker", broker.log_path())
             .watch("registry", dir.path().join("registry.log"));
+        let s3 = (backend == Backend::S3).then(|| {
+            logs.watch("s3", dir.path().join("s3.log"));
+            S3Server::start(&dir.path().join("s3.log"))
+        });
         Self {
             logs,
             registry,
             broker,
             dir,
+            backend,
+            s3,
         }
+    }
+
+    /// The archive root as `archive verify` and `replay` take it.
+    fn root_arg(&self) -> String {
+        match self.backend {
+            Backend::Local => self.archive_root().display().to_string(),
+            Backend::S3 => format!("s3://{S3_BUCKET}/{S3_PREFIX}"),
+        }
+    }
+
+    /// `--endpoint` and `--allow-http` for S3.
+    fn store_args(&self) -> Vec<String> {
+        match &self.s3 {
+            Some(s3) => vec!["--endpoint".into(), s3.endpoint.clone(), "--allow-http".into()],
+            None => vec![],
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(SOILSTREAM);
+        command.args(args).arg(self.root_arg()).args(self.store_args());
+        command
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("AWS_REGION", "us-east-1");
+        command
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -82,7 +180,7 @@ max_age_ms = 1500
 max_open_dates = 4
 
 [store]
-url = "file://{root}"
+{store}
 
 [group]
 session_timeout_ms = {SESSION_TIMEOUT_MS}
@@ -97,7 +195,14 @@ url = "{registry}"
 [metrics]
 listen = ""
 "#,
-            root = self.archive_root().display(),
+            store = match &self.s3 {
+                None => format!("url = \"file://{}\"", self.archive_root().display()),
+                Some(s3) => format!(
+                    "url = \"s3://{S3_BUCKET}/{S3_PREFIX}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+                     access_key_id = \"{S3_KEY}\"\nsecret_access_key = \"{S3_SECRET}\"\nallow_http = true",
+                    s3.endpoint
+                ),
+            },
             brokers = self.broker.bootstrap_servers(),
             registry = self.registry.url,
         );
@@ -122,9 +227,8 @@ listen = ""
     }
 
     fn verify(&self) -> (bool, Value, String) {
-        let output = Command::new(SOILSTREAM)
-            .args(["archive", "verify"])
-            .arg(self.archive_root())
+        let output = self
+            .command(&["archive", "verify"])
             .args(["--brokers", &self.broker.bootstrap_servers(), "--json"])
             .output()
             .expect("run soilstream archive verify");
@@ -155,10 +259,12 @@ fn parquet_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Runs `point` as the crash point of a whole flow; see the module docs.
-fn crash_restart_verify_replay(point: CrashPoint) {
+/// Crashes the archive at each of `crashes` in turn while a gateway streams
+/// through qaqc, then lets a last instance catch up and judges; see the
+/// module docs.
+fn crash_chain_verify_read_replay(backend: Backend, crashes: &[(CrashPoint, u64)]) {
     let started = Instant::now();
-    let mut world = World::start();
+    let mut world = World::start(backend);
     let mut qaqc = Qaqc::start(
         &world.path("qaqc"),
         &QaqcSpec::new(
@@ -176,23 +282,24 @@ fn crash_restart_verify_replay(point: CrashPoint) {
     let mut gateway = Gateway::start(&world.path("gw-archive"), &spec);
     world.logs.watch("gw-archive", gateway.log_path());
 
-    // The archive crashes at `point` after two batches passed it.
-    let mut archive = world.start_archive("archive-a", Some((point, 2)));
-    let crashed = archive.wait(120_000);
-    assert!(
-        crashed.is_some_and(|s| !s.success()),
-        "the archive should have crashed at {} ({crashed:?})",
-        point.name()
-    );
-    eprintln!(
-        "[{:>5.1}s] archive crashed at {}",
-        started.elapsed().as_secs_f64(),
-        point.name()
-    );
-    // An orchestrator's restart delay: Tansu 0.6.0 needs the dead member's
-    // session to expire before a new member joins (see e2e_qaqc.rs).
-    std::thread::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 1_500));
-    let mut archive = world.start_archive("archive-b", None);
+    for (i, (point, passes)) in crashes.iter().enumerate() {
+        let mut archive = world.start_archive(&format!("archive-crash-{i}"), Some((*point, *passes)));
+        let crashed = archive.wait(120_000);
+        assert!(
+            crashed.is_some_and(|s| !s.success()),
+            "the archive should have crashed at {} ({crashed:?})",
+            point.name()
+        );
+        eprintln!(
+            "[{:>5.1}s] archive crashed at {}",
+            started.elapsed().as_secs_f64(),
+            point.name()
+        );
+        // An orchestrator's restart delay: Tansu 0.6.0 needs the dead
+        // member's session to expire before a new member joins (e2e_qaqc.rs).
+        std::thread::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 1_500));
+    }
+    let mut archive = world.start_archive("archive-last", None);
 
     gateway.wait_for_ledger(300, 120_000);
     gateway.wait_until_drained(DRAIN_TIMEOUT_MS);
@@ -247,9 +354,8 @@ fn crash_restart_verify_replay(point: CrashPoint) {
     let from = dates.keys().next().expect("a date").clone();
     let to = dates.keys().last().expect("a date").clone();
     let replay = |world: &World| {
-        let output = Command::new(SOILSTREAM)
-            .args(["archive", "replay"])
-            .arg(world.archive_root())
+        let output = world
+            .command(&["archive", "replay"])
             .args(["--from", &from, "--to", &to, "--target", "replayed"])
             .args(["--brokers", &world.broker.bootstrap_servers()])
             .output()
@@ -292,19 +398,38 @@ fn crash_restart_verify_replay(point: CrashPoint) {
         assert_eq!(record.timestamp_ms, original.timestamp_ms);
         assert!(seen.insert(source), "replayed twice: {source:?}");
     }
-    eprintln!(
-        "[{:>5.1}s] done ({})",
-        started.elapsed().as_secs_f64(),
-        point.name()
+    eprintln!("[{:>5.1}s] done ({backend:?})", started.elapsed().as_secs_f64());
+}
+
+/// Every crash point a live flow reaches, in an order that makes the
+/// recovery points meet leftovers: `after-data-files` leaves an uncommitted
+/// attempt that the next instance fences (and crashes after its abort
+/// marker, then after removing the first of its files).
+#[test]
+fn a_local_archive_crashed_at_every_point_recovers_exactly_once_and_outside_readers_agree() {
+    use CrashPoint::*;
+    crash_chain_verify_read_replay(
+        Backend::Local,
+        &[
+            (BeforeIntent, 1),
+            (AfterIntent, 1),
+            (AfterDataFiles, 1),
+            (AfterAbortMarker, 0),
+            (AfterDataFiles, 1),
+            (AfterAbortedFileRemoved, 0),
+            (AfterMarker, 1),
+            (AfterIntentRemoved, 1),
+            (AfterGroupCommit, 1),
+        ],
     );
 }
 
+/// The same on a real S3 API (moto on loopback).
 #[test]
-fn the_archive_crashed_between_its_data_files_and_its_marker_recovers_exactly_once() {
-    crash_restart_verify_replay(CrashPoint::AfterDataFiles);
-}
-
-#[test]
-fn the_archive_crashed_after_its_marker_before_the_group_commit_recovers_exactly_once() {
-    crash_restart_verify_replay(CrashPoint::AfterIntentRemoved);
+fn an_s3_archive_crashed_mid_batch_recovers_exactly_once_and_outside_readers_agree() {
+    use CrashPoint::*;
+    crash_chain_verify_read_replay(
+        Backend::S3,
+        &[(AfterDataFiles, 1), (AfterAbortMarker, 0), (AfterMarker, 1)],
+    );
 }
