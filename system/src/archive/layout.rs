@@ -24,21 +24,7 @@ pub const MANIFEST_DIR: &str = "_archive";
 
 /// The UTC date (`YYYY-MM-DD`) of an event time, ms since the Unix epoch.
 pub fn event_date(event_time_ms: i64) -> String {
-    let days = event_time_ms.div_euclid(86_400_000);
-    // Days to civil date (Howard Hinnant's algorithm), eras from 0000-03-01.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::clock::civil_date_utc(event_time_ms.div_euclid(86_400_000));
     format!("{year:04}-{month:02}-{day:02}")
 }
 

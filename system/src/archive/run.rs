@@ -127,6 +127,7 @@ struct Slot {
     batch: Option<OpenBatch>,
 }
 
+#[derive(Clone)]
 enum Work {
     Recover {
         partition: i32,
@@ -366,7 +367,8 @@ impl Engine {
         if self.in_flight.is_some() || self.retry_at.is_some() {
             return;
         }
-        let Some(work) = self.queue.pop_front() else {
+        // The work stays at the head until it succeeds: a retry finds it there.
+        let Some(work) = self.queue.front().cloned() else {
             return;
         };
         let store = self.store.clone();
@@ -375,39 +377,27 @@ impl Engine {
         let writer_id = self.settings.archive.instance_id.clone();
         let keep_uncommitted = self.settings.planted.recovery_keeps_uncommitted;
         let future: LocalBoxFuture<'static, WorkDone> = match work {
-            Work::Recover { partition, epoch } => {
-                // Put back first: a retry must find it at the head.
-                self.queue.push_front(Work::Recover { partition, epoch });
-                Box::pin(async move {
-                    let result =
-                        recover(&*store, &*crash, &topic, partition, &writer_id, keep_uncommitted).await;
-                    WorkDone::Recovered {
-                        partition,
-                        epoch,
-                        result,
-                    }
-                })
-            }
+            Work::Recover { partition, epoch } => Box::pin(async move {
+                let result = recover(&*store, &*crash, &topic, partition, &writer_id, keep_uncommitted).await;
+                WorkDone::Recovered {
+                    partition,
+                    epoch,
+                    result,
+                }
+            }),
             Work::Commit {
                 partition,
                 epoch,
                 plan,
-            } => {
-                self.queue.push_front(Work::Commit {
+            } => Box::pin(async move {
+                let result = commit_batch(store, crash, plan.clone()).await;
+                WorkDone::Committed {
                     partition,
                     epoch,
-                    plan: plan.clone(),
-                });
-                Box::pin(async move {
-                    let result = commit_batch(store, crash, plan.clone()).await;
-                    WorkDone::Committed {
-                        partition,
-                        epoch,
-                        plan,
-                        result,
-                    }
-                })
-            }
+                    plan,
+                    result,
+                }
+            }),
         };
         self.in_flight = Some(future);
     }
@@ -424,7 +414,7 @@ impl Engine {
                 result,
             } => match result {
                 Ok(recovery) => {
-                    self.pop_work();
+                    self.pop_done(partition, epoch);
                     self.store_backoff.reset();
                     self.recovered(partition, epoch, recovery).await;
                 }
@@ -440,12 +430,12 @@ impl Engine {
                 result,
             } => match result {
                 Ok(committed) => {
-                    self.pop_work();
+                    self.pop_done(partition, epoch);
                     self.store_backoff.reset();
                     self.committed(partition, epoch, &plan, committed).await;
                 }
                 Err(ProtocolError::Fenced { position, by, .. }) => {
-                    self.pop_work();
+                    self.pop_done(partition, epoch);
                     tracing::warn!(partition, position, %by, "batch fenced by another writer; recovering the partition");
                     self.metrics.fenced.inc();
                     self.report.fenced += 1;
@@ -463,8 +453,24 @@ impl Engine {
         Ok(())
     }
 
-    fn pop_work(&mut self) {
-        self.queue.pop_front();
+    /// Removes the finished work from the head of the queue, unless a
+    /// release or a fence dropped it meanwhile (then the head is other work).
+    fn pop_done(&mut self, partition: i32, epoch: u64) {
+        let head_is_done = match self.queue.front() {
+            Some(Work::Recover {
+                partition: p,
+                epoch: e,
+            })
+            | Some(Work::Commit {
+                partition: p,
+                epoch: e,
+                ..
+            }) => *p == partition && *e == epoch,
+            None => false,
+        };
+        if head_is_done {
+            self.queue.pop_front();
+        }
     }
 
     fn retry_later(&mut self, what: &str, partition: i32, error: &ProtocolError) {

@@ -285,61 +285,64 @@ impl ArchiveStore for DiskArchiveStore {
     }
 }
 
+/// The contract every [`ArchiveStore`] keeps, as a test any implementation
+/// runs against itself.
+#[cfg(test)]
+pub(crate) async fn exercise_store_contract(store: &dyn ArchiveStore) {
+    store
+        .put_if_absent("t/event_date=2026-05-01/a.parquet", b"one".to_vec())
+        .await
+        .unwrap();
+    store
+        .put_if_absent("t/event_date=2026-05-02/b.parquet", b"two".to_vec())
+        .await
+        .unwrap();
+    store
+        .put_if_absent("_archive/t/p=0/1.commit", b"c".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .put_if_absent("_archive/t/p=0/1.commit", b"x".to_vec())
+            .await,
+        Err(StoreError::AlreadyExists("_archive/t/p=0/1.commit".into()))
+    );
+    assert_eq!(store.get("_archive/t/p=0/1.commit").await.unwrap(), b"c");
+    let listed: Vec<String> = store
+        .list("t/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "t/event_date=2026-05-01/a.parquet",
+            "t/event_date=2026-05-02/b.parquet"
+        ]
+    );
+    store.delete("t/event_date=2026-05-01/a.parquet").await.unwrap();
+    store.delete("t/event_date=2026-05-01/a.parquet").await.unwrap();
+    assert!(matches!(
+        store.get("t/event_date=2026-05-01/a.parquet").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.put_if_absent("../x", vec![]).await.is_err());
+    assert!(store.put_if_absent("a//b", vec![]).await.is_err());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::disk::memory::CrashDisk;
 
-    async fn exercise(store: &dyn ArchiveStore) {
-        store
-            .put_if_absent("t/event_date=2026-05-01/a.parquet", b"one".to_vec())
-            .await
-            .unwrap();
-        store
-            .put_if_absent("t/event_date=2026-05-02/b.parquet", b"two".to_vec())
-            .await
-            .unwrap();
-        store
-            .put_if_absent("_archive/t/p=0/1.commit", b"c".to_vec())
-            .await
-            .unwrap();
-        assert_eq!(
-            store
-                .put_if_absent("_archive/t/p=0/1.commit", b"x".to_vec())
-                .await,
-            Err(StoreError::AlreadyExists("_archive/t/p=0/1.commit".into()))
-        );
-        assert_eq!(store.get("_archive/t/p=0/1.commit").await.unwrap(), b"c");
-        let listed: Vec<String> = store
-            .list("t/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.path)
-            .collect();
-        assert_eq!(
-            listed,
-            [
-                "t/event_date=2026-05-01/a.parquet",
-                "t/event_date=2026-05-02/b.parquet"
-            ]
-        );
-        store.delete("t/event_date=2026-05-01/a.parquet").await.unwrap();
-        store.delete("t/event_date=2026-05-01/a.parquet").await.unwrap();
-        assert!(matches!(
-            store.get("t/event_date=2026-05-01/a.parquet").await,
-            Err(StoreError::NotFound(_))
-        ));
-        assert!(store.put_if_absent("../x", vec![]).await.is_err());
-        assert!(store.put_if_absent("a//b", vec![]).await.is_err());
-    }
-
     #[test]
     fn memory_and_disk_stores_keep_the_contract() {
-        futures::executor::block_on(exercise(&MemoryArchiveStore::new()));
+        futures::executor::block_on(exercise_store_contract(&MemoryArchiveStore::new()));
         let disk: Rc<dyn Disk> = Rc::new(CrashDisk::new(3));
         let store = DiskArchiveStore::new(disk, Path::new("/store")).unwrap();
-        futures::executor::block_on(exercise(&store));
+        futures::executor::block_on(exercise_store_contract(&store));
         assert_eq!(decode_name(&encode_name("a/b%2F/c")), "a/b%2F/c");
     }
 
