@@ -352,6 +352,42 @@ fn crash_chain_verify_read_replay(backend: Backend, crashes: &[(CrashPoint, u64)
         assert!(files.len() >= 3, "{files:?}");
     }
 
+    // Outside readers see the same rows by date.
+    let mut readers = Command::new(python());
+    readers
+        .arg(tests_dir().join("python/archive_readers.py"))
+        .arg(world.root_arg())
+        .arg(CLEAN_TOPIC)
+        .env("AWS_ACCESS_KEY_ID", S3_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET);
+    if let Some(s3) = &world.s3 {
+        readers.arg(&s3.endpoint);
+    }
+    let output = readers.output().expect("run archive_readers.py");
+    let read_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{read_text}");
+    let read: Value =
+        serde_json::from_str(&String::from_utf8_lossy(&output.stdout)).expect("the readers' JSON");
+    for reader in ["duckdb", "pyarrow"] {
+        let by_date: BTreeMap<String, u64> =
+            serde_json::from_value(read[reader].clone()).expect("counts by date");
+        assert_eq!(by_date, dates, "{reader} reads other counts: {read_text}");
+    }
+    assert_eq!(
+        read["duckdb_distinct_offsets"].as_u64(),
+        Some(clean.len() as u64),
+        "{read_text}"
+    );
+    assert_eq!(
+        read["duckdb_dated_right"].as_u64(),
+        Some(clean.len() as u64),
+        "{read_text}"
+    );
+
     // Replay the archived dates onto a fresh topic: the same bytes.
     let from = dates.keys().next().expect("a date").clone();
     let to = dates.keys().last().expect("a date").clone();
