@@ -95,6 +95,26 @@ pub struct Examples {
     pub examples: Vec<String>,
 }
 
+impl Examples {
+    /// Counts one occurrence, keeping its example while fewer than
+    /// [`EXAMPLES_MAX`] are kept.
+    pub fn record(&mut self, example: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.examples.len() < EXAMPLES_MAX {
+            self.examples.push(example());
+        }
+    }
+
+    /// Writes `anomaly NAME: COUNT` and the examples, one per line.
+    pub fn write(&self, f: &mut fmt::Formatter<'_>, name: &str) -> fmt::Result {
+        writeln!(f, "anomaly {name}: {}", self.count)?;
+        for example in &self.examples {
+            writeln!(f, "  - {example}")?;
+        }
+        Ok(())
+    }
+}
+
 /// What the downstream topics hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DownstreamTally {
@@ -135,11 +155,7 @@ pub struct DownstreamReport {
 
 impl DownstreamReport {
     fn add(&mut self, kind: DownstreamAnomaly, example: impl FnOnce() -> String) {
-        let entry = self.anomalies.entry(kind).or_default();
-        entry.count += 1;
-        if entry.examples.len() < EXAMPLES_MAX {
-            entry.examples.push(example());
-        }
+        self.anomalies.entry(kind).or_default().record(example);
     }
 
     /// Occurrences of `kind`.
@@ -175,10 +191,7 @@ impl fmt::Display for DownstreamReport {
             t.alerts_historical
         )?;
         for (kind, e) in &self.anomalies {
-            writeln!(f, "anomaly {}: {}", kind.name(), e.count)?;
-            for example in &e.examples {
-                writeln!(f, "  - {example}")?;
-            }
+            e.write(f, kind.name())?;
         }
         Ok(())
     }

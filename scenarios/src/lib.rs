@@ -5,8 +5,12 @@
 //! their runs with the same code. A scenario ([`scenario`]) is data: a TOML
 //! file with a topology, a fault timeline ([`timeline`]) and expectations;
 //! [`runner`] plays it in the world [`world`] builds. Backfills of SD-card
-//! logs ([`sdcard`]) run as hosts of that world ([`backfill`]).
+//! logs ([`sdcard`]) run as hosts of that world ([`backfill`]). The
+//! downstream stages run as hosts too ([`qaqc`], [`archive`], sharing
+//! [`stage`]), judged by [`downstream`] and [`archived`].
 
+pub mod archive;
+pub mod archived;
 pub mod backfill;
 pub mod checker;
 pub mod downstream;
@@ -16,5 +20,6 @@ pub mod qaqc;
 pub mod runner;
 pub mod scenario;
 pub mod sdcard;
+pub mod stage;
 pub mod timeline;
 pub mod world;

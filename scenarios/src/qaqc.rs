@@ -8,21 +8,16 @@
 //! TCP, a [`SimDisk`] for checkpoints and an exact [`SimClock`]. Crashes,
 //! power cuts, outages and clean stops are scripted by the runner.
 
-use crate::scenario::Scenario;
-use crate::world::{
-    BROKER_HOST, BROKER_PORT, PlantedBug, RAW_TOPIC, consumer_config, producer_config, registry_client,
-};
-use soilstream::component::{Shutdown, ShutdownTrigger};
+use crate::scenario::{Scenario, Stage};
+use crate::stage::StageHost;
+use crate::world::{PlantedBug, RAW_TOPIC, consumer_config, producer_config, registry_client};
 use soilstream::gateway::ProducerFactory;
-use soilstream::qaqc::run::{QaqcObserver, QaqcStatus, ReaderFactory};
+use soilstream::qaqc::run::{QaqcObserver, QaqcStatus};
 use soilstream::qaqc::{PlantedQaqcBugs, QaqcMetrics, QaqcParts, QaqcSettings, run_qaqc};
-use soilstream::transport::{LogConsumer, LogProducer};
+use soilstream::transport::LogProducer;
 use soilstream_sim::digest::derive_seed;
-use soilstream_sim::{
-    ClockControl, DiskFaults, GroupConsumerConfig, SimClock, SimConsumer, SimDisk, SimGroupConsumer,
-    SimProducer,
-};
-use std::cell::{Cell, RefCell};
+use soilstream_sim::{ClockControl, DiskFaults, SimClock, SimDisk, SimProducer};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// The consumer group of the qaqc hosts.
@@ -32,27 +27,14 @@ pub const QAQC_STATE_DIR: &str = "/qaqc-state";
 
 /// What the runner knows of one qaqc host.
 pub struct QaqcHandles {
-    /// Host name (`qaqc-{i}`), also the instance id.
-    pub name: String,
+    /// The host's name and lifecycle handles.
+    pub host: StageHost,
     /// Fault layer of its disk.
     pub disk_faults: DiskFaults,
     /// Its metrics (shared across restarts).
     pub metrics: QaqcMetrics,
     /// Its last reported status (empty while down).
     pub status: Rc<RefCell<QaqcStatus>>,
-    /// The shutdown trigger of the running boot, if any.
-    pub shutdown: Rc<RefCell<Option<ShutdownTrigger>>>,
-    /// Set when the runner wants the host to stay stopped.
-    pub stopping: Rc<Cell<bool>>,
-    /// Boots so far.
-    pub boots: Rc<Cell<u32>>,
-    /// Runs that ended with an error, with the error.
-    pub failures: Rc<RefCell<Vec<String>>>,
-    /// Whether the host was added to the simulation (it starts at its
-    /// `start_at_s`).
-    pub started: Cell<bool>,
-    /// When it first starts, ms.
-    pub start_at_ms: u64,
 }
 
 /// Records the status a qaqc host reports.
@@ -102,18 +84,13 @@ pub fn settings(scenario: &Scenario, instance: u32, planted: PlantedBug) -> Qaqc
 pub fn handles(scenario: &Scenario, seed: u64) -> Vec<QaqcHandles> {
     (0..scenario.qaqc.instances)
         .map(|i| {
-            let name = format!("qaqc-{i}");
+            let name = Stage::Qaqc.host(i);
+            let start_at_ms = scenario.qaqc.start_at_s.get(i as usize).copied().unwrap_or(0) * 1_000;
             QaqcHandles {
                 disk_faults: DiskFaults::new(derive_seed(seed, &format!("{name}/disk"))),
-                name,
+                host: StageHost::new(name, start_at_ms),
                 metrics: QaqcMetrics::new(),
                 status: Rc::new(RefCell::new(QaqcStatus::default())),
-                shutdown: Rc::new(RefCell::new(None)),
-                stopping: Rc::new(Cell::new(false)),
-                boots: Rc::new(Cell::new(0)),
-                failures: Rc::new(RefCell::new(Vec::new())),
-                started: Cell::new(false),
-                start_at_ms: scenario.qaqc.start_at_s.get(i as usize).copied().unwrap_or(0) * 1_000,
             }
         })
         .collect()
@@ -130,25 +107,20 @@ pub fn start_host(
 ) {
     let tick = scenario.tick_ms;
     let settings = settings(scenario, instance, planted);
-    let mut group_config = GroupConsumerConfig::new(BROKER_HOST, BROKER_PORT, QAQC_GROUP);
-    group_config.session_timeout_ms = scenario.qaqc.session_timeout_ms;
-    group_config.heartbeat_interval_ms = (scenario.qaqc.session_timeout_ms / 6).max(tick);
-    group_config.rebalance_timeout_ms = 2 * scenario.qaqc.session_timeout_ms;
-    group_config.request_timeout_ms = group_config.request_timeout_ms.max(10 * tick);
-    group_config.connect_timeout_ms = group_config.connect_timeout_ms.max(10 * tick);
-    group_config.join_retry_ms = group_config.join_retry_ms.max(tick);
-    group_config.max_poll_records = scenario.qaqc.max_poll_records;
+    let group_config = crate::stage::group_config(
+        QAQC_GROUP,
+        scenario.qaqc.session_timeout_ms,
+        scenario.qaqc.max_poll_records,
+        tick,
+    );
     let consumer = consumer_config(tick);
     let producer = producer_config(tick);
     let disk_faults = handles.disk_faults.clone();
     let metrics = handles.metrics.clone();
     let status = handles.status.clone();
-    let shutdown_slot = handles.shutdown.clone();
-    let stopping = handles.stopping.clone();
-    let boots = handles.boots.clone();
-    let failures = handles.failures.clone();
-    handles.started.set(true);
-    sim.host(handles.name.as_str(), move || {
+    let boot = handles.host.boot_handles();
+    handles.host.started.set(true);
+    sim.host(handles.host.name.as_str(), move || {
         let settings = settings.clone();
         let group_config = group_config.clone();
         let consumer = consumer.clone();
@@ -156,28 +128,16 @@ pub fn start_host(
         let disk_faults = disk_faults.clone();
         let metrics = metrics.clone();
         let status = status.clone();
-        let shutdown_slot = shutdown_slot.clone();
-        let stopping = stopping.clone();
-        let boots = boots.clone();
-        let failures = failures.clone();
+        let boot = boot.clone();
         Box::pin(async move {
             *status.borrow_mut() = QaqcStatus::default();
-            if stopping.get() {
+            let Some(shutdown) = boot.begin() else {
                 return Ok(());
-            }
-            boots.set(boots.get() + 1);
-            let group = match SimGroupConsumer::new(group_config) {
-                Ok(group) => group,
-                Err(e) => {
-                    failures.borrow_mut().push(e.to_string());
-                    return Ok(());
-                }
             };
-            let reader_factory: ReaderFactory = Box::new(move || {
-                SimConsumer::new(consumer.clone())
-                    .map(|c| Box::new(c) as Box<dyn LogConsumer>)
-                    .map_err(|e| soilstream::transport::ConsumeError::Other(e.to_string()))
-            });
+            let Some(group) = boot.group(group_config) else {
+                return Ok(());
+            };
+            let reader_factory = crate::stage::consumer_factory(consumer);
             let producer_factory: ProducerFactory = Box::new(move || {
                 SimProducer::new(producer.clone())
                     .map(|p| Rc::new(p) as Rc<dyn LogProducer>)
@@ -196,10 +156,8 @@ pub fn start_host(
                 observer,
                 metrics,
             };
-            let (trigger, shutdown) = Shutdown::new();
-            *shutdown_slot.borrow_mut() = Some(trigger);
             if let Err(e) = run_qaqc(settings, parts, shutdown).await {
-                failures.borrow_mut().push(e.to_string());
+                boot.failed(e);
             }
             *status.borrow_mut() = QaqcStatus::default();
             Ok(())
@@ -217,8 +175,8 @@ pub fn caught_up(sim: &mut turmoil::Sim<'_>, qaqc: &[QaqcHandles], raw_high_wate
     }
     raw_high_watermarks.iter().enumerate().all(|(partition, high)| {
         qaqc.iter().any(|h| {
-            h.started.get()
-                && sim.is_host_running(h.name.as_str())
+            h.host.started.get()
+                && sim.is_host_running(h.host.name.as_str())
                 && h.status
                     .borrow()
                     .partitions

@@ -7,13 +7,16 @@
 //! seed, so a run replays byte for byte; only the wall-clock speed measure
 //! differs between runs and it is kept out of the summary and the digest.
 
+use crate::archived::{ArchiveCheckOptions, ArchiveCheckReport, check_archive};
 use crate::backfill::{self, BackfillReport};
 use crate::checker::{CheckOptions, CheckReport, check_topic};
 use crate::downstream::{DownstreamReport, DownstreamTopics, check_downstream};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Stage};
+use crate::stage::StageHost;
 use crate::timeline::{Action, TimedAction, expand};
 use crate::world::{
-    self, BROKER_HOST, PlantedBug, RAW_TOPIC, REGISTRY_HOST, World, build, consumer_config, registry_client,
+    self, BROKER_HOST, PlantedBug, RAW_TOPIC, REGISTRY_HOST, STORE_HOST, World, build, consumer_config,
+    registry_client,
 };
 use soilstream::codec::{ReadingCodec, from_wire};
 use soilstream::decode::{DecodeError, ReadingDecoder};
@@ -47,6 +50,23 @@ pub struct QaqcActivity {
     pub duplicates_dropped: u64,
     /// Hostile records written.
     pub hostile_records: u64,
+}
+
+/// What the archive hosts and the store host did over a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveActivity {
+    /// Hosts.
+    pub instances: u32,
+    /// Boots of every host.
+    pub boots: u32,
+    /// Group changes the hosts saw.
+    pub rebalances: u64,
+    /// What the stage did (batches, recoveries, aborts, fences).
+    pub progress: crate::archive::ArchiveProgress,
+    /// Store operations retried after a failure.
+    pub store_retries: u64,
+    /// Boots of the store host.
+    pub store_boots: u32,
 }
 
 /// How to run a scenario.
@@ -86,6 +106,10 @@ pub struct RunResult {
     pub downstream: Option<DownstreamReport>,
     /// qaqc hosts: boots, rebuilds and rebalances over the run.
     pub qaqc_activity: QaqcActivity,
+    /// The archive checker's verdict (when the world has an archive stage).
+    pub archive: Option<ArchiveCheckReport>,
+    /// Archive hosts: boots, recoveries, aborts, fences over the run.
+    pub archive_activity: ArchiveActivity,
     /// Everything that failed: checker anomalies, expectations, liveness.
     pub failures: Vec<String>,
     /// Digest of the run's outcome (topic contents, tallies, drain time,
@@ -167,6 +191,25 @@ impl RunResult {
                 q.hostile_records
             );
             let _ = write!(out, "{downstream}");
+        }
+        if let Some(archive) = &self.archive {
+            let a = &self.archive_activity;
+            let p = &a.progress;
+            let _ = writeln!(
+                out,
+                "archive hosts: instances={} boots={} rebalances={} batches={} recoveries={} aborted={} files_removed={} fenced={} store_retries={} store_boots={}",
+                a.instances,
+                a.boots,
+                a.rebalances,
+                p.batches_committed,
+                p.recoveries,
+                p.attempts_aborted,
+                p.files_removed,
+                p.fenced,
+                a.store_retries,
+                a.store_boots
+            );
+            let _ = write!(out, "{archive}");
         }
         let _ = writeln!(out, "digest: {:016x}", self.digest);
         if self.passed() {
@@ -352,41 +395,79 @@ fn apply(
         }
         Action::RegistryCrash => world.sim.crash(REGISTRY_HOST),
         Action::RegistryRestart => world.sim.bounce(REGISTRY_HOST),
-        Action::QaqcCrash(i) => world.sim.crash(qaqc_name(*i)),
-        Action::QaqcPowerOff(i) => {
-            let name = qaqc_name(*i);
-            world.sim.partition(name.as_str(), BROKER_HOST);
-            world.sim.partition(name.as_str(), REGISTRY_HOST);
+        Action::StageCrash(stage, i) => world.sim.crash(stage.host(*i)),
+        Action::StagePowerOff(stage, i) => {
+            let name = stage.host(*i);
+            for peer in stage_peers(*stage) {
+                world.sim.partition(name.as_str(), *peer);
+            }
             world.sim.crash(name.as_str());
         }
-        Action::QaqcStart(i) => {
-            let name = qaqc_name(*i);
-            world.qaqc[*i as usize].stopping.set(false);
-            world.sim.repair(name.as_str(), BROKER_HOST);
-            if !world.registry_cut_off {
-                world.sim.repair(name.as_str(), REGISTRY_HOST);
-            }
+        Action::StageStart(stage, i) => {
+            let name = stage.host(*i);
+            stage_host(world, *stage, *i).stopping.set(false);
+            repair_stage_host(world, *stage, &name);
             world.sim.bounce(name.as_str());
         }
-        Action::QaqcPartition(i) => {
-            let name = qaqc_name(*i);
-            world.sim.partition(name.as_str(), BROKER_HOST);
-            world.sim.partition(name.as_str(), REGISTRY_HOST);
-        }
-        Action::QaqcRepair(i) => {
-            let name = qaqc_name(*i);
-            world.sim.repair(name.as_str(), BROKER_HOST);
-            if !world.registry_cut_off {
-                world.sim.repair(name.as_str(), REGISTRY_HOST);
+        Action::StagePartition(stage, i) => {
+            let name = stage.host(*i);
+            for peer in stage_peers(*stage) {
+                // A cut-off archive is a zombie: still reaching the store.
+                if *peer != STORE_HOST {
+                    world.sim.partition(name.as_str(), *peer);
+                }
             }
         }
-        Action::QaqcStop(i) => {
-            let handles = &world.qaqc[*i as usize];
-            handles.stopping.set(true);
-            if let Some(trigger) = handles.shutdown.borrow().as_ref() {
-                trigger.trigger();
+        Action::StageRepair(stage, i) => {
+            let name = stage.host(*i);
+            repair_stage_host(world, *stage, &name);
+        }
+        Action::StageStop(stage, i) => stage_host(world, *stage, *i).stop(),
+        Action::ArchiveArmCrash(i, point) => {
+            let mut arm = world.archive[*i as usize].crash.borrow_mut();
+            arm.armed = Some(*point);
+            arm.fired = None;
+        }
+        Action::ArchiveCrashWindowEnd(i, point) => {
+            let name = Stage::Archive.host(*i);
+            let crashed = {
+                let mut arm = world.archive[*i as usize].crash.borrow_mut();
+                let crashed = arm.armed.is_none();
+                arm.armed = None;
+                crashed
+            };
+            if crashed {
+                world.archive[*i as usize].host.stopping.set(false);
+                repair_stage_host(world, Stage::Archive, &name);
+                world.sim.bounce(name.as_str());
+            } else {
+                world.archive[*i as usize]
+                    .host
+                    .failures
+                    .borrow_mut()
+                    .push(format!(
+                        "crash point {} was not reached in its window (ending at {} s)",
+                        point.name(),
+                        timed.at_ms / 1_000
+                    ));
             }
         }
+        Action::StorePartition => {
+            let names: Vec<String> = world.archive.iter().map(|a| a.host.name.clone()).collect();
+            for name in names {
+                world.sim.partition(STORE_HOST, name.as_str());
+            }
+            world.store_cut_off = true;
+        }
+        Action::StoreRepair => {
+            let names: Vec<String> = world.archive.iter().map(|a| a.host.name.clone()).collect();
+            for name in names {
+                world.sim.repair(STORE_HOST, name.as_str());
+            }
+            world.store_cut_off = false;
+        }
+        Action::StoreCrash => world.sim.crash(STORE_HOST),
+        Action::StoreRestart => world.sim.bounce(STORE_HOST),
         Action::HostileRecords(count) => {
             let count = *count;
             let first_seq = u64::from(world.hostile_writers) * 100_000;
@@ -424,8 +505,70 @@ fn apply(
     }
 }
 
-fn qaqc_name(instance: u32) -> String {
-    format!("qaqc-{instance}")
+/// The hosts a stage's instances talk to.
+fn stage_peers(stage: Stage) -> &'static [&'static str] {
+    match stage {
+        Stage::Qaqc => &[BROKER_HOST, REGISTRY_HOST],
+        Stage::Archive => &[BROKER_HOST, REGISTRY_HOST, STORE_HOST],
+    }
+}
+
+fn stage_host<'w>(world: &'w World<'_>, stage: Stage, instance: u32) -> &'w StageHost {
+    match stage {
+        Stage::Qaqc => &world.qaqc[instance as usize].host,
+        Stage::Archive => &world.archive[instance as usize].host,
+    }
+}
+
+/// Whether a service outage cuts `peer` off from its clients now.
+fn peer_cut_off(world: &World<'_>, peer: &str) -> bool {
+    (peer == REGISTRY_HOST && world.registry_cut_off) || (peer == STORE_HOST && world.store_cut_off)
+}
+
+/// Reconnects a stage host to its peers, except those a service outage
+/// still cuts off.
+fn repair_stage_host(world: &mut World<'_>, stage: Stage, name: &str) {
+    for peer in stage_peers(stage) {
+        if !peer_cut_off(world, peer) {
+            world.sim.repair(name, *peer);
+        }
+    }
+}
+
+/// Adds the stage hosts whose start time has come to the simulation, cut
+/// off from the services an outage cuts off now.
+fn start_due_stage_hosts(world: &mut World<'_>, scenario: &Scenario, planted: PlantedBug, elapsed_ms: u64) {
+    let due = |host: &StageHost| !host.started.get() && host.start_at_ms <= elapsed_ms;
+    let mut started: Vec<(Stage, String)> = Vec::new();
+    for (i, handles) in world.qaqc.iter().enumerate().filter(|(_, h)| due(&h.host)) {
+        crate::qaqc::start_host(
+            &mut world.sim,
+            handles,
+            scenario,
+            i as u32,
+            planted,
+            world::EPOCH_MS,
+        );
+        started.push((Stage::Qaqc, handles.host.name.clone()));
+    }
+    for (i, handles) in world.archive.iter().enumerate().filter(|(_, h)| due(&h.host)) {
+        crate::archive::start_host(
+            &mut world.sim,
+            handles,
+            scenario,
+            i as u32,
+            planted,
+            world::EPOCH_MS,
+        );
+        started.push((Stage::Archive, handles.host.name.clone()));
+    }
+    for (stage, name) in started {
+        for peer in stage_peers(stage) {
+            if peer_cut_off(world, peer) {
+                world.sim.partition(*peer, name.as_str());
+            }
+        }
+    }
 }
 
 /// Whether every backfill of the scenario has started and ran to an end.
@@ -459,21 +602,7 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     loop {
         let elapsed_ms = world.sim.elapsed().as_millis() as u64;
         world.ledger.borrow_mut().set_now_ms(elapsed_ms);
-        for (i, handles) in world.qaqc.iter().enumerate() {
-            if !handles.started.get() && handles.start_at_ms <= elapsed_ms {
-                crate::qaqc::start_host(
-                    &mut world.sim,
-                    handles,
-                    scenario,
-                    i as u32,
-                    options.planted,
-                    world::EPOCH_MS,
-                );
-                if world.registry_cut_off {
-                    world.sim.partition(REGISTRY_HOST, handles.name.as_str());
-                }
-            }
-        }
+        start_due_stage_hosts(&mut world, scenario, options.planted, elapsed_ms);
         while next_action < actions.len() && actions[next_action].at_ms <= elapsed_ms {
             apply(
                 &mut world,
@@ -513,6 +642,20 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
             if drained_at_ms.is_some() {
                 // Drained once, refilled by sampling since: wait for the next drain.
                 drained_at_ms = drained_at_ms.filter(|_| all_drained(&mut world));
+            }
+        }
+        for handles in &world.archive {
+            let fired = handles.crash.borrow_mut().fired.take();
+            if let Some((point, partition)) = fired {
+                events.push((
+                    elapsed_ms,
+                    format!(
+                        "{} crashed at {} (partition {partition})",
+                        handles.host.name,
+                        point.name()
+                    ),
+                ));
+                world.sim.crash(handles.host.name.as_str());
             }
         }
         if let Err(e) = world.sim.step() {
@@ -595,7 +738,7 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
                 let statuses: Vec<String> = world
                     .qaqc
                     .iter()
-                    .map(|h| format!("{}: {:?}", h.name, h.status.borrow().partitions))
+                    .map(|h| format!("{}: {:?}", h.host.name, h.status.borrow().partitions))
                     .collect();
                 failures.push(format!(
                     "liveness: qaqc did not catch up with the raw topic {raw_high:?} within 4 h after the gateways stopped: {}",
@@ -608,38 +751,51 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
                 break;
             }
         }
-        for h in &world.qaqc {
-            h.stopping.set(true);
-            if let Some(trigger) = h.shutdown.borrow().as_ref() {
-                trigger.trigger();
-            }
+        let hosts: Vec<&StageHost> = world.qaqc.iter().map(|h| &h.host).collect();
+        failures.extend(stop_stage(&mut world.sim, &hosts, "qaqc"));
+        for failure in world.hostile_failures.borrow().iter() {
+            failures.push(format!("hostile writer: {failure}"));
         }
-        let stop_deadline_ms = world.sim.elapsed().as_millis() as u64 + 600_000;
+    }
+
+    // Phase 2c: the archive catches up with the (now final) clean topic,
+    // then stops cleanly.
+    let clean_topic = crate::archive::settings(scenario, 0, PlantedBug::None)
+        .archive
+        .topic;
+    if !world.archive.is_empty() {
+        let partitions = scenario.topology.partitions as i32;
+        let deadline_ms = world.sim.elapsed().as_millis() as u64 + 4 * 3_600_000;
         loop {
-            let running = world
-                .qaqc
-                .iter()
-                .filter(|h| h.started.get())
-                .any(|h| world.sim.is_host_running(h.name.as_str()));
-            if !running {
+            let clean_high: Option<Vec<i64>> = world.broker.observer.with_core(|core| {
+                (0..partitions)
+                    .map(|p| core.high_watermark(&clean_topic, p).unwrap_or(0))
+                    .collect()
+            });
+            if clean_high
+                .as_ref()
+                .is_some_and(|high| crate::archive::caught_up(&world.archive, high))
+            {
                 break;
             }
-            if world.sim.elapsed().as_millis() as u64 >= stop_deadline_ms {
-                failures.push("qaqc hosts did not stop within 10 min".into());
+            if world.sim.elapsed().as_millis() as u64 >= deadline_ms {
+                let progress = world.archive[0].progress.borrow().archived_next.clone();
+                failures.push(format!(
+                    "liveness: the archive did not catch up with the clean topic {clean_high:?} within 4 h after qaqc stopped: markers cover {progress:?}"
+                ));
                 break;
             }
             if let Err(e) = world.sim.step() {
-                failures.push(format!("simulation error while stopping qaqc: {e}"));
+                failures.push(format!("simulation error while the archive caught up: {e}"));
                 break;
             }
         }
-        for h in &world.qaqc {
-            for failure in h.failures.borrow().iter() {
-                failures.push(format!("{}: {failure}", h.name));
+        let hosts: Vec<&StageHost> = world.archive.iter().map(|h| &h.host).collect();
+        failures.extend(stop_stage(&mut world.sim, &hosts, "archive"));
+        if let Some(store) = &world.store {
+            for failure in &store.status().failures {
+                failures.push(format!("object store: {failure}"));
             }
-        }
-        for failure in world.hostile_failures.borrow().iter() {
-            failures.push(format!("hostile writer: {failure}"));
         }
     }
 
@@ -649,10 +805,18 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     let read: Rc<RefCell<TopicRead>> = Rc::new(RefCell::new(None));
     type DownstreamRead = Option<Result<DownstreamTopics, String>>;
     let downstream_read: Rc<RefCell<DownstreamRead>> = Rc::new(RefCell::new(None));
+    type ArchiveRead = Option<Result<ArchiveCheckReport, String>>;
+    let archive_read: Rc<RefCell<ArchiveRead>> = Rc::new(RefCell::new(None));
     let qaqc_settings = crate::qaqc::settings(scenario, 0, options.planted);
     {
         let read = read.clone();
         let downstream_read = downstream_read.clone();
+        let archive_read = archive_read.clone();
+        let with_archive = !world.archive.is_empty();
+        let archive_options = ArchiveCheckOptions {
+            topic: clean_topic.clone(),
+            ..ArchiveCheckOptions::defaults()
+        };
         let config = consumer_config(tick_ms);
         let stall_ms = (tick_ms * 300).max(60_000);
         let with_qaqc = !world.qaqc.is_empty();
@@ -687,6 +851,18 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
                     Ok::<_, String>(out)
                 }
                 .await;
+                if with_archive {
+                    let judged = match &result {
+                        Ok(topics) => {
+                            let store = crate::archive::store_client(tick_ms);
+                            check_archive(&store, &topics.clean, &archive_options)
+                                .await
+                                .map_err(|e| format!("cannot read the archive's store: {e}"))
+                        }
+                        Err(e) => Err(format!("no clean topic to judge the archive by: {e}")),
+                    };
+                    *archive_read.borrow_mut() = Some(judged);
+                }
                 *downstream_read.borrow_mut() = Some(result);
             }
             Ok(())
@@ -777,7 +953,7 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     }
     let qaqc_activity = QaqcActivity {
         instances: world.qaqc.len() as u32,
-        boots: world.qaqc.iter().map(|h| h.boots.get()).sum(),
+        boots: world.qaqc.iter().map(|h| h.host.boots.get()).sum(),
         rebuilds: world.qaqc.iter().map(|h| h.metrics.rebuilds.get()).sum(),
         rebalances: world.qaqc.iter().map(|h| h.metrics.rebalances.get()).sum(),
         records_read_back: world
@@ -798,6 +974,60 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
             "the qaqc hosts saw {} rebalances, expected at least {}",
             qaqc_activity.rebalances, scenario.qaqc.min_rebalances
         ));
+    }
+    let archive = match archive_read.borrow_mut().take() {
+        Some(Ok(report)) => Some(report),
+        Some(Err(e)) => {
+            failures.push(e);
+            None
+        }
+        None if world.archive.is_empty() => None,
+        None => {
+            failures.push("the checker did not judge the archive".into());
+            None
+        }
+    };
+    let archive_activity = ArchiveActivity {
+        instances: world.archive.len() as u32,
+        boots: world.archive.iter().map(|h| h.host.boots.get()).sum(),
+        rebalances: world.archive.iter().map(|h| h.metrics.rebalances.get()).sum(),
+        progress: world
+            .archive
+            .first()
+            .map(|h| h.progress.borrow().clone())
+            .unwrap_or_default(),
+        store_retries: world.archive.iter().map(|h| h.metrics.store_retries.get()).sum(),
+        store_boots: world.store.as_ref().map_or(0, |s| s.status().boots),
+    };
+    if let Some(report) = &archive {
+        for (kind, list) in &report.anomalies {
+            failures.push(format!(
+                "{} {}: {}",
+                list.count,
+                kind.name(),
+                list.examples.join("; ")
+            ));
+        }
+        let a = &scenario.archive;
+        if archive_activity.rebalances < a.min_rebalances {
+            failures.push(format!(
+                "the archive hosts saw {} rebalances, expected at least {}",
+                archive_activity.rebalances, a.min_rebalances
+            ));
+        }
+        if report.tally.aborted_attempts < a.min_attempts_aborted {
+            failures.push(format!(
+                "the store holds {} abort markers, expected at least {} (crashes did not land mid-batch)",
+                report.tally.aborted_attempts, a.min_attempts_aborted
+            ));
+        }
+        if (report.tally.rows_per_date.len() as u64) < a.min_event_dates {
+            failures.push(format!(
+                "the archive holds {} event dates, expected at least {}",
+                report.tally.rows_per_date.len(),
+                a.min_event_dates
+            ));
+        }
     }
     let (backfill_reports, backfill_failures) = backfill::judge(
         scenario,
@@ -905,6 +1135,9 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
                 .field(r.value.as_deref().unwrap_or_default());
         }
     }
+    if let Some(report) = &archive {
+        digest.field(report.to_string().as_bytes());
+    }
     digest.u64(world.broker.observer.state_digest().unwrap_or(0));
     let simulated_ms = world.sim.elapsed().as_millis() as u64;
     RunResult {
@@ -920,10 +1153,46 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         first_delivery_ms,
         downstream,
         qaqc_activity,
+        archive,
+        archive_activity,
         failures,
         digest: digest.finish(),
         wall_ms: wall_start.elapsed().as_millis() as u64,
     }
+}
+
+/// Stops every started host of a stage cleanly (each leaves its group),
+/// waits up to 10 simulated minutes, and returns what failed: hosts that
+/// did not stop, and every boot that ended with an error.
+fn stop_stage(sim: &mut turmoil::Sim<'_>, hosts: &[&StageHost], stage: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    for h in hosts {
+        h.stop();
+    }
+    let stop_deadline_ms = sim.elapsed().as_millis() as u64 + 600_000;
+    loop {
+        let running = hosts
+            .iter()
+            .filter(|h| h.started.get())
+            .any(|h| sim.is_host_running(h.name.as_str()));
+        if !running {
+            break;
+        }
+        if sim.elapsed().as_millis() as u64 >= stop_deadline_ms {
+            failures.push(format!("{stage} hosts did not stop within 10 min"));
+            break;
+        }
+        if let Err(e) = sim.step() {
+            failures.push(format!("simulation error while stopping {stage}: {e}"));
+            break;
+        }
+    }
+    for h in hosts {
+        for failure in h.failures.borrow().iter() {
+            failures.push(format!("{}: {failure}", h.name));
+        }
+    }
+    failures
 }
 
 /// Each hostile record must be in quarantine, at its source position, with

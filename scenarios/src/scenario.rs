@@ -82,6 +82,105 @@ pub struct Scenario {
     /// The QA/QC stage (`[qaqc]`).
     #[serde(default)]
     pub qaqc: QaqcStage,
+    /// The archive stage (`[archive]`) and its object store host.
+    #[serde(default)]
+    pub archive: ArchiveStage,
+}
+
+/// The downstream stages whose instances a scenario scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// `qaqc-{i}` hosts.
+    Qaqc,
+    /// `archive-{i}` hosts.
+    Archive,
+}
+
+impl Stage {
+    /// The stage's name (`[qaqc]`, `[archive]`, host names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Qaqc => "qaqc",
+            Stage::Archive => "archive",
+        }
+    }
+
+    /// The host name of instance `instance`.
+    pub fn host(self, instance: u32) -> String {
+        format!("{}-{instance}", self.name())
+    }
+}
+
+/// Upper bound on archive instances in one world.
+pub const ARCHIVE_INSTANCES_MAX: u32 = 8;
+
+/// The archive stage of a world: `instances` archive hosts (`archive-0`,
+/// ...) in one consumer group on the clean topic, writing Parquet through
+/// the world's object store host (`objstore`, files on its simulated disk).
+/// The archive checker judges the store against the clean topic. Needs the
+/// QA/QC stage (it reads its output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveStage {
+    /// Number of archive hosts (0: no archive stage).
+    #[serde(default)]
+    pub instances: u32,
+    /// When each host first starts, s (default: all at 0).
+    #[serde(default)]
+    pub start_at_s: Vec<u64>,
+    /// Consumer-group session timeout, ms.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Most records one poll returns.
+    #[serde(default = "default_qaqc_max_poll_records")]
+    pub max_poll_records: u32,
+    /// Rows per batch (`[rotation] max_rows`).
+    #[serde(default = "default_archive_max_rows")]
+    pub max_rows: u64,
+    /// A batch is cut this long after its first record, ms.
+    #[serde(default = "default_archive_max_age_ms")]
+    pub max_age_ms: u64,
+    /// Distinct event dates one batch may hold.
+    #[serde(default = "default_archive_max_open_dates")]
+    pub max_open_dates: usize,
+    /// Minimum number of rebalances the instances must have seen.
+    #[serde(default)]
+    pub min_rebalances: u64,
+    /// Minimum number of abort markers the store must hold at the end
+    /// (uncommitted attempts fenced by recoveries): proves crashes really
+    /// landed in the middle of a batch.
+    #[serde(default)]
+    pub min_attempts_aborted: u64,
+    /// Minimum number of event-date directories the archive must hold.
+    #[serde(default)]
+    pub min_event_dates: u64,
+}
+
+fn default_archive_max_rows() -> u64 {
+    500
+}
+fn default_archive_max_age_ms() -> u64 {
+    300_000
+}
+fn default_archive_max_open_dates() -> usize {
+    4
+}
+
+impl Default for ArchiveStage {
+    fn default() -> Self {
+        Self {
+            instances: 0,
+            start_at_s: Vec::new(),
+            session_timeout_ms: default_session_timeout_ms(),
+            max_poll_records: default_qaqc_max_poll_records(),
+            max_rows: default_archive_max_rows(),
+            max_age_ms: default_archive_max_age_ms(),
+            max_open_dates: default_archive_max_open_dates(),
+            min_rebalances: 0,
+            min_attempts_aborted: 0,
+            min_event_dates: 0,
+        }
+    }
 }
 
 /// Upper bound on qaqc instances in one world.
@@ -352,16 +451,17 @@ impl Default for Expectations {
     }
 }
 
-/// How the schema registry goes away in a [`Fault::RegistryOutage`].
+/// How a service host (the schema registry, the object store) goes away
+/// in a [`Fault::RegistryOutage`] or [`Fault::StoreOutage`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RegistryOutageMode {
-    /// The registry host is cut off from every gateway and backfill host
-    /// (connections fail); it keeps running.
+pub enum OutageMode {
+    /// The host is cut off from its clients (connections fail); it keeps
+    /// running.
     #[default]
     Partition,
-    /// The registry host crashes (unsynced disk writes lost) and restarts
-    /// from its durable store when the outage ends.
+    /// The host crashes (unsynced disk writes lost, or torn) and restarts
+    /// from its durable state when the outage ends.
     Crash,
 }
 
@@ -578,6 +678,74 @@ pub enum Fault {
         /// Downtime, s.
         duration_s: u64,
     },
+    /// An archive host crashes (clean: sockets close) and restarts.
+    ArchiveCrash {
+        /// Instance index.
+        instance: u32,
+        /// Start, s.
+        at_s: u64,
+        /// Downtime, s.
+        duration_s: u64,
+    },
+    /// An archive host loses power: cut off first (its requests in flight
+    /// get no answer), then crashed, back after `duration_s`.
+    ArchivePowerLoss {
+        /// Instance index.
+        instance: u32,
+        /// Start, s.
+        at_s: u64,
+        /// Downtime, s.
+        duration_s: u64,
+    },
+    /// An archive host is cut off from the broker, the registry and the
+    /// object store (its group session expires while it may still be
+    /// writing: a zombie the markers must fence), then reconnected.
+    ArchiveOutage {
+        /// Instance index.
+        instance: u32,
+        /// Start, s.
+        at_s: u64,
+        /// Length, s.
+        duration_s: u64,
+    },
+    /// An archive host crashes at a point of its commit protocol (the
+    /// simulator's `SOILSTREAM_ARCHIVE_CRASH_AT`): armed at `at_s`, it
+    /// crashes the next time it reaches `point`, and restarts at
+    /// `at_s + duration_s`. Not reaching the point in that window fails
+    /// the run (the scenario did not test what it says).
+    ArchiveCrashAt {
+        /// Instance index.
+        instance: u32,
+        /// A crash point name (`after-data-files`, ...; see
+        /// `docs/archive.md`).
+        point: String,
+        /// When it is armed, s.
+        at_s: u64,
+        /// Window: the crash must happen before `at_s + duration_s`, the
+        /// restart is then.
+        duration_s: u64,
+    },
+    /// An archive host stops cleanly (leaves the group) and starts again.
+    ArchiveStop {
+        /// Instance index.
+        instance: u32,
+        /// Start, s.
+        at_s: u64,
+        /// Downtime, s.
+        duration_s: u64,
+    },
+    /// The object store host is unavailable: cut off from the archive
+    /// hosts (the default) or power cut (unsynced objects lost or torn)
+    /// and restarted.
+    StoreOutage {
+        /// Start, s.
+        at_s: u64,
+        /// Length, s.
+        duration_s: u64,
+        /// Partition (default) or crash and restart.
+        #[serde(default)]
+        mode: OutageMode,
+    },
     /// A hostile producer writes `count` bad records to the raw topic
     /// (garbage bytes, unknown schema ids, NaN, huge values, year 9999,
     /// negative moisture, wrong keys, bad identities); each must land in
@@ -597,7 +765,7 @@ pub enum Fault {
         duration_s: u64,
         /// Partition (default) or crash and restart.
         #[serde(default)]
-        mode: RegistryOutageMode,
+        mode: OutageMode,
     },
 }
 
@@ -626,17 +794,28 @@ impl Fault {
             | Fault::QaqcPowerLoss { .. }
             | Fault::QaqcOutage { .. }
             | Fault::QaqcStop { .. }
+            | Fault::ArchiveCrash { .. }
+            | Fault::ArchivePowerLoss { .. }
+            | Fault::ArchiveOutage { .. }
+            | Fault::ArchiveStop { .. }
+            | Fault::ArchiveCrashAt { .. }
+            | Fault::StoreOutage { .. }
             | Fault::HostileRecords { .. } => None,
         }
     }
 
-    /// The qaqc instance the fault hits, if it hits one.
-    pub fn qaqc_instance(&self) -> Option<u32> {
+    /// The stage instance the fault hits, if it hits one.
+    pub fn stage_instance(&self) -> Option<(Stage, u32)> {
         match self {
             Fault::QaqcCrash { instance, .. }
             | Fault::QaqcPowerLoss { instance, .. }
             | Fault::QaqcOutage { instance, .. }
-            | Fault::QaqcStop { instance, .. } => Some(*instance),
+            | Fault::QaqcStop { instance, .. } => Some((Stage::Qaqc, *instance)),
+            Fault::ArchiveCrash { instance, .. }
+            | Fault::ArchivePowerLoss { instance, .. }
+            | Fault::ArchiveOutage { instance, .. }
+            | Fault::ArchiveStop { instance, .. }
+            | Fault::ArchiveCrashAt { instance, .. } => Some((Stage::Archive, *instance)),
             _ => None,
         }
     }
@@ -665,6 +844,12 @@ impl Fault {
             | Fault::QaqcPowerLoss { at_s, .. }
             | Fault::QaqcOutage { at_s, .. }
             | Fault::QaqcStop { at_s, .. }
+            | Fault::ArchiveCrash { at_s, .. }
+            | Fault::ArchivePowerLoss { at_s, .. }
+            | Fault::ArchiveOutage { at_s, .. }
+            | Fault::ArchiveStop { at_s, .. }
+            | Fault::ArchiveCrashAt { at_s, .. }
+            | Fault::StoreOutage { at_s, .. }
             | Fault::HostileRecords { at_s, .. } => *at_s,
         }
     }
@@ -688,7 +873,13 @@ impl Fault {
             | Fault::QaqcCrash { at_s, duration_s, .. }
             | Fault::QaqcPowerLoss { at_s, duration_s, .. }
             | Fault::QaqcOutage { at_s, duration_s, .. }
-            | Fault::QaqcStop { at_s, duration_s, .. } => at_s + duration_s,
+            | Fault::QaqcStop { at_s, duration_s, .. }
+            | Fault::ArchiveCrash { at_s, duration_s, .. }
+            | Fault::ArchivePowerLoss { at_s, duration_s, .. }
+            | Fault::ArchiveOutage { at_s, duration_s, .. }
+            | Fault::ArchiveStop { at_s, duration_s, .. }
+            | Fault::ArchiveCrashAt { at_s, duration_s, .. }
+            | Fault::StoreOutage { at_s, duration_s, .. } => at_s + duration_s,
             Fault::FlappingLink {
                 at_s,
                 down_s,
@@ -810,15 +1001,56 @@ impl Scenario {
         if q.session_timeout_ms < 10 * self.tick_ms || q.session_timeout_ms > 600_000 {
             return Err("qaqc.session_timeout_ms must be at least 10 ticks and at most 600000".into());
         }
+        let a = &self.archive;
+        if a.instances > ARCHIVE_INSTANCES_MAX {
+            return Err(format!("archive.instances must be 0..={ARCHIVE_INSTANCES_MAX}"));
+        }
+        if a.instances > 0 && q.instances == 0 {
+            return Err("the archive stage reads qaqc's clean topic: set qaqc.instances too".into());
+        }
+        if a.start_at_s.len() > a.instances as usize || a.start_at_s.iter().any(|s| *s >= self.duration_s) {
+            return Err("archive.start_at_s: at most one time per instance, each before duration_s".into());
+        }
+        if a.max_poll_records == 0 || a.max_poll_records > 100_000 {
+            return Err("archive.max_poll_records must be 1..=100000".into());
+        }
+        if a.session_timeout_ms < 10 * self.tick_ms || a.session_timeout_ms > 600_000 {
+            return Err("archive.session_timeout_ms must be at least 10 ticks and at most 600000".into());
+        }
+        if a.max_rows == 0 || a.max_age_ms < self.tick_ms || a.max_open_dates == 0 {
+            return Err(
+                "archive.max_rows and max_open_dates must be positive, max_age_ms at least one tick".into(),
+            );
+        }
         for (index, fault) in self.faults.iter().enumerate() {
             let at = format!("fault #{} ({fault:?})", index + 1);
-            if let Some(i) = fault.qaqc_instance()
-                && i >= q.instances
+            if let Some((stage, i)) = fault.stage_instance() {
+                let instances = match stage {
+                    Stage::Qaqc => q.instances,
+                    Stage::Archive => self.archive.instances,
+                };
+                if i >= instances {
+                    return Err(format!(
+                        "{at}: {} instance {i} does not exist ({}.instances = {instances})",
+                        stage.name(),
+                        stage.name()
+                    ));
+                }
+            }
+            if let Fault::ArchiveCrashAt { point, .. } = fault
+                && soilstream::archive::protocol::CrashPoint::from_name(point).is_none()
             {
+                let names: Vec<&str> = soilstream::archive::protocol::CrashPoint::ALL
+                    .iter()
+                    .map(|p| p.name())
+                    .collect();
                 return Err(format!(
-                    "{at}: qaqc instance {i} does not exist (qaqc.instances = {})",
-                    q.instances
+                    "{at}: `{point}` is not a crash point; one of {}",
+                    names.join(", ")
                 ));
+            }
+            if matches!(fault, Fault::StoreOutage { .. }) && self.archive.instances == 0 {
+                return Err(format!("{at}: a store outage needs the archive stage"));
             }
             if let Fault::HostileRecords { count, .. } = fault {
                 if q.instances == 0 {
@@ -986,7 +1218,7 @@ bad_rows = 2
             Fault::RegistryOutage {
                 at_s: 10,
                 duration_s: 20,
-                mode: RegistryOutageMode::Partition
+                mode: OutageMode::Partition
             }
         );
         assert_eq!(s.faults[0].gateway(), None);

@@ -1,7 +1,8 @@
 //! The fault timeline: scenario faults and backfills expanded into timed
 //! actions.
 
-use crate::scenario::{Fault, RegistryOutageMode, Scenario};
+use crate::scenario::{Fault, OutageMode, Scenario, Stage};
+use soilstream::archive::protocol::CrashPoint;
 
 /// One thing the runner does to the world at a point in simulated time.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,18 +53,31 @@ pub enum Action {
     RegistryCrash,
     /// Restart the registry host.
     RegistryRestart,
-    /// Crash a qaqc host (clean: sockets close).
-    QaqcCrash(u32),
-    /// Power cut of a qaqc host (partitioned, crashed, unsynced writes lost).
-    QaqcPowerOff(u32),
-    /// Start a qaqc host again (after a crash, power cut or stop).
-    QaqcStart(u32),
-    /// Cut a qaqc host off from the broker and the registry.
-    QaqcPartition(u32),
-    /// Reconnect a qaqc host.
-    QaqcRepair(u32),
-    /// Stop a qaqc host cleanly (it leaves the group).
-    QaqcStop(u32),
+    /// Crash a stage host (clean: sockets close).
+    StageCrash(Stage, u32),
+    /// Power cut of a stage host (partitioned, crashed, unsynced writes lost).
+    StagePowerOff(Stage, u32),
+    /// Start a stage host again (after a crash, power cut or stop).
+    StageStart(Stage, u32),
+    /// Cut a stage host off from every service it uses.
+    StagePartition(Stage, u32),
+    /// Reconnect a stage host.
+    StageRepair(Stage, u32),
+    /// Stop a stage host cleanly (it leaves its group).
+    StageStop(Stage, u32),
+    /// Arm an archive host's crash hook at a crash point.
+    ArchiveArmCrash(u32, CrashPoint),
+    /// End of a crash-at window: restart the host if it crashed, else
+    /// report that the point was never reached.
+    ArchiveCrashWindowEnd(u32, CrashPoint),
+    /// Cut the object store off from every archive host.
+    StorePartition,
+    /// Reconnect the object store.
+    StoreRepair,
+    /// Power cut of the object store host.
+    StoreCrash,
+    /// Restart the object store host.
+    StoreRestart,
     /// Write this many hostile records to the raw topic.
     HostileRecords(u32),
     /// Start backfill number `n` of the scenario (its index in `[[backfill]]`).
@@ -230,45 +244,93 @@ pub fn expand(scenario: &Scenario) -> Vec<TimedAction> {
                 instance,
                 at_s,
                 duration_s,
+            }
+            | Fault::ArchiveCrash {
+                instance,
+                at_s,
+                duration_s,
             } => {
-                push(at_s, Action::QaqcCrash(instance));
-                push(at_s + duration_s, Action::QaqcStart(instance));
+                let stage = stage_of(fault);
+                push(at_s, Action::StageCrash(stage, instance));
+                push(at_s + duration_s, Action::StageStart(stage, instance));
             }
             Fault::QaqcPowerLoss {
                 instance,
                 at_s,
                 duration_s,
+            }
+            | Fault::ArchivePowerLoss {
+                instance,
+                at_s,
+                duration_s,
             } => {
-                push(at_s, Action::QaqcPowerOff(instance));
-                push(at_s + duration_s, Action::QaqcStart(instance));
+                let stage = stage_of(fault);
+                push(at_s, Action::StagePowerOff(stage, instance));
+                push(at_s + duration_s, Action::StageStart(stage, instance));
             }
             Fault::QaqcOutage {
                 instance,
                 at_s,
                 duration_s,
+            }
+            | Fault::ArchiveOutage {
+                instance,
+                at_s,
+                duration_s,
             } => {
-                push(at_s, Action::QaqcPartition(instance));
-                push(at_s + duration_s, Action::QaqcRepair(instance));
+                let stage = stage_of(fault);
+                push(at_s, Action::StagePartition(stage, instance));
+                push(at_s + duration_s, Action::StageRepair(stage, instance));
             }
             Fault::QaqcStop {
                 instance,
                 at_s,
                 duration_s,
-            } => {
-                push(at_s, Action::QaqcStop(instance));
-                push(at_s + duration_s, Action::QaqcStart(instance));
             }
+            | Fault::ArchiveStop {
+                instance,
+                at_s,
+                duration_s,
+            } => {
+                let stage = stage_of(fault);
+                push(at_s, Action::StageStop(stage, instance));
+                push(at_s + duration_s, Action::StageStart(stage, instance));
+            }
+            Fault::ArchiveCrashAt {
+                instance,
+                ref point,
+                at_s,
+                duration_s,
+            } => {
+                let point = CrashPoint::from_name(point).expect("validated crash point");
+                push(at_s, Action::ArchiveArmCrash(instance, point));
+                push(at_s + duration_s, Action::ArchiveCrashWindowEnd(instance, point));
+            }
+            Fault::StoreOutage {
+                at_s,
+                duration_s,
+                mode,
+            } => match mode {
+                OutageMode::Partition => {
+                    push(at_s, Action::StorePartition);
+                    push(at_s + duration_s, Action::StoreRepair);
+                }
+                OutageMode::Crash => {
+                    push(at_s, Action::StoreCrash);
+                    push(at_s + duration_s, Action::StoreRestart);
+                }
+            },
             Fault::HostileRecords { at_s, count } => push(at_s, Action::HostileRecords(count)),
             Fault::RegistryOutage {
                 at_s,
                 duration_s,
                 mode,
             } => match mode {
-                RegistryOutageMode::Partition => {
+                OutageMode::Partition => {
                     push(at_s, Action::RegistryPartition);
                     push(at_s + duration_s, Action::RegistryRepair);
                 }
-                RegistryOutageMode::Crash => {
+                OutageMode::Crash => {
                     push(at_s, Action::RegistryCrash);
                     push(at_s + duration_s, Action::RegistryRestart);
                 }
@@ -284,6 +346,14 @@ pub fn expand(scenario: &Scenario) -> Vec<TimedAction> {
     }
     actions.sort_by_key(|a| a.at_ms);
     actions
+}
+
+/// The stage a stage fault hits.
+fn stage_of(fault: &Fault) -> Stage {
+    fault
+        .stage_instance()
+        .map(|(stage, _)| stage)
+        .expect("called for stage faults only")
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! uses to script faults and to watch progress. Backfill hosts join the
 //! world when their backfill starts ([`crate::backfill`]).
 
+use crate::archive::ArchiveHandles;
 use crate::backfill::BackfillHandles;
 use crate::hostile::HostileRecord;
 use crate::ledger::{Ledger, LedgerObserver};
@@ -21,7 +22,7 @@ use soilstream_sim::broker::{BrokerConfig, BrokerHost, FlushPolicy, TopicConfig}
 use soilstream_sim::digest::derive_seed;
 use soilstream_sim::{
     ClockControl, DiskFaults, ProducerConfig, RegistryHost, RegistryHostConfig, SimClock, SimConnector,
-    SimDisk, SimProducer,
+    SimDisk, SimProducer, StoreHost, StoreHostConfig,
 };
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -35,6 +36,10 @@ pub const BROKER_PORT: u16 = 9092;
 pub const REGISTRY_HOST: &str = "registry";
 /// Port of the schema registry.
 pub const REGISTRY_PORT: u16 = soilstream_sim::registry::REGISTRY_DEFAULT_PORT;
+/// Name of the object store host (worlds with an archive stage).
+pub const STORE_HOST: &str = "objstore";
+/// Port of the object store.
+pub const STORE_PORT: u16 = soilstream_sim::store::STORE_DEFAULT_PORT;
 /// The raw topic.
 pub const RAW_TOPIC: &str = "soil-moisture-raw";
 /// Start of simulated time: 2026-05-01T00:00:00Z, ms since the Unix epoch.
@@ -63,11 +68,18 @@ pub enum PlantedBug {
     QaqcWindowsOnArrivalTime,
     /// qaqc drops readings an hour behind the partition's newest event time.
     QaqcLateReadingsDropped,
+    /// The archive commits group offsets before its marker and resumes
+    /// from them, not from the markers.
+    ArchiveOffsetsBeforeMarker,
+    /// The archive names date directories from its wall clock.
+    ArchiveWallClockFileNames,
+    /// Archive recovery keeps the files of uncommitted batches.
+    ArchiveRecoveryKeepsUncommitted,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::CursorBeforeDelivery,
         PlantedBug::TruncateAtFirstBadCrc,
@@ -76,6 +88,9 @@ impl PlantedBug {
         PlantedBug::QaqcDedupNotRebuilt,
         PlantedBug::QaqcWindowsOnArrivalTime,
         PlantedBug::QaqcLateReadingsDropped,
+        PlantedBug::ArchiveOffsetsBeforeMarker,
+        PlantedBug::ArchiveWallClockFileNames,
+        PlantedBug::ArchiveRecoveryKeepsUncommitted,
     ];
 
     /// The name used on the command line.
@@ -90,6 +105,9 @@ impl PlantedBug {
             PlantedBug::QaqcDedupNotRebuilt => "qaqc-dedup-not-rebuilt",
             PlantedBug::QaqcWindowsOnArrivalTime => "qaqc-windows-on-arrival-time",
             PlantedBug::QaqcLateReadingsDropped => "qaqc-late-readings-dropped",
+            PlantedBug::ArchiveOffsetsBeforeMarker => "archive-offsets-before-marker",
+            PlantedBug::ArchiveWallClockFileNames => "archive-wall-clock-file-names",
+            PlantedBug::ArchiveRecoveryKeepsUncommitted => "archive-recovery-keeps-uncommitted",
         }
     }
 
@@ -139,6 +157,13 @@ pub struct World<'a> {
     pub backfills: Vec<BackfillHandles>,
     /// The qaqc hosts.
     pub qaqc: Vec<QaqcHandles>,
+    /// The archive hosts.
+    pub archive: Vec<ArchiveHandles>,
+    /// The object store host, when the world has an archive stage.
+    pub store: Option<StoreHost>,
+    /// Whether the store is cut off from the archive hosts now (a
+    /// partition-mode store outage).
+    pub store_cut_off: bool,
     /// Hostile records written so far.
     pub hostile: Rc<RefCell<Vec<HostileRecord>>>,
     /// Hostile writers that failed, with the error.
@@ -160,8 +185,10 @@ impl World<'_> {
             .chain(
                 self.qaqc
                     .iter()
-                    .filter(|q| q.started.get())
-                    .map(|q| q.name.clone()),
+                    .map(|q| &q.host)
+                    .chain(self.archive.iter().map(|a| &a.host))
+                    .filter(|h| h.started.get())
+                    .map(|h| h.name.clone()),
             )
             .collect()
     }
@@ -374,8 +401,25 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
     }
     let qaqc = crate::qaqc::handles(scenario, seed);
     for (i, handles) in qaqc.iter().enumerate() {
-        if handles.start_at_ms == 0 {
+        if handles.host.start_at_ms == 0 {
             crate::qaqc::start_host(&mut sim, handles, scenario, i as u32, planted, EPOCH_MS);
+        }
+    }
+    let store = (scenario.archive.instances > 0).then(|| {
+        let store = StoreHost::new(
+            StoreHostConfig {
+                port: STORE_PORT,
+                ..StoreHostConfig::default()
+            },
+            derive_seed(seed, "objstore/disk"),
+        );
+        sim.host(STORE_HOST, store.software());
+        store
+    });
+    let archive = crate::archive::handles(scenario, seed);
+    for (i, handles) in archive.iter().enumerate() {
+        if handles.host.start_at_ms == 0 {
+            crate::archive::start_host(&mut sim, handles, scenario, i as u32, planted, EPOCH_MS);
         }
     }
     World {
@@ -386,6 +430,9 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
         gateways,
         backfills: Vec::new(),
         qaqc,
+        archive,
+        store,
+        store_cut_off: false,
         hostile: Rc::new(RefCell::new(Vec::new())),
         hostile_failures: Rc::new(RefCell::new(Vec::new())),
         hostile_writers: 0,

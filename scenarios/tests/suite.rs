@@ -4,6 +4,7 @@
 //! CI seeds: `SOILSTREAM_SIM_SEEDS` (`A..B`, inclusive), default `1..3`. The
 //! long sweep is a separate command (README, "Seed sweeps").
 
+use soilstream_scenarios::archived::ArchiveAnomaly;
 use soilstream_scenarios::checker::AnomalyKind;
 use soilstream_scenarios::downstream::DownstreamAnomaly;
 use soilstream_scenarios::runner::{RunOptions, RunResult, run_scenario};
@@ -79,7 +80,9 @@ fn passes_ci_seeds(name: &str) {
 const SCENARIOS_TESTED_ELSEWHERE: [&str; 2] = ["backfill-after-power-outage", "registry-outage"];
 
 /// Every other file in `scenarios/`, each with its own test below.
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 15] = [
+    "archive-crash-loop",
+    "archive-rebalance",
     "backfill-windows",
     "broker-crash",
     "disk-damage",
@@ -114,6 +117,16 @@ fn every_scenario_file_has_a_test() {
     for name in SCENARIOS {
         load(name); // parses and validates
     }
+}
+
+#[test]
+fn archive_crash_loop() {
+    passes_ci_seeds("archive-crash-loop");
+}
+
+#[test]
+fn archive_rebalance() {
+    passes_ci_seeds("archive-rebalance");
 }
 
 #[test]
@@ -193,6 +206,20 @@ fn same_seed_same_trace_different_seed_different_trace() {
     assert_ne!(a.digest, c.digest, "a different seed must give a different trace");
 }
 
+/// The downstream stages (qaqc, three archive instances rebalancing, the
+/// object store host) replay from the seed too: same summary, same store.
+#[test]
+fn the_archive_world_replays_from_its_seed() {
+    let scenario = load("archive-rebalance");
+    let a = run(&scenario, 5, PlantedBug::None);
+    let b = run(&scenario, 5, PlantedBug::None);
+    let c = run(&scenario, 6, PlantedBug::None);
+    assert_eq!(a.summary(), b.summary(), "same seed, same summary byte for byte");
+    assert_eq!(a.archive, b.archive);
+    assert_eq!(a.archive_activity, b.archive_activity);
+    assert_ne!(a.digest, c.digest, "a different seed must give a different trace");
+}
+
 /// A planted bug must make every CI run of the scenario fail because
 /// acknowledged readings went missing: as `kind`, or as more loss to
 /// reported spool damage than the scenario allows (a spool that acked
@@ -248,15 +275,21 @@ fn planted_skip_segment_sync_dir_is_caught() {
 /// A planted qaqc bug must make every CI run of the scenario fail with the
 /// downstream anomaly `kind`.
 fn caught_downstream(name: &str, bug: PlantedBug, kind: DownstreamAnomaly) {
+    caught_as(name, bug, kind.name(), |r| {
+        r.downstream.as_ref().map_or(0, |d| d.count(kind))
+    });
+}
+
+/// A planted bug must make every CI run of the scenario fail with
+/// `found(result) > 0` occurrences of the anomaly called `kind`.
+fn caught_as(name: &str, bug: PlantedBug, kind: &str, found: impl Fn(&RunResult) -> u64) {
     let scenario = load(name);
     for seed in ci_seeds() {
         let result = run(&scenario, seed, bug);
-        let found = result.downstream.as_ref().map_or(0, |d| d.count(kind));
         assert!(
-            !result.passed() && found > 0,
-            "planted bug {} not caught by {name} seed {seed} as {}:\n{}",
+            !result.passed() && found(&result) > 0,
+            "planted bug {} not caught by {name} seed {seed} as {kind}:\n{}",
             bug.name(),
-            kind.name(),
             result.summary()
         );
     }
@@ -295,5 +328,40 @@ fn planted_qaqc_late_readings_dropped_is_caught() {
         "backfill-windows",
         PlantedBug::QaqcLateReadingsDropped,
         DownstreamAnomaly::LostDownstream,
+    );
+}
+
+/// A planted archive bug must make every CI run of the scenario fail with
+/// the archive anomaly `kind`.
+fn caught_in_archive(name: &str, bug: PlantedBug, kind: ArchiveAnomaly) {
+    caught_as(name, bug, kind.name(), |r| {
+        r.archive.as_ref().map_or(0, |a| a.count(kind))
+    });
+}
+
+#[test]
+fn planted_archive_offsets_before_marker_is_caught() {
+    caught_in_archive(
+        "archive-crash-loop",
+        PlantedBug::ArchiveOffsetsBeforeMarker,
+        ArchiveAnomaly::LostArchive,
+    );
+}
+
+#[test]
+fn planted_archive_wall_clock_file_names_is_caught() {
+    caught_in_archive(
+        "backfill-windows",
+        PlantedBug::ArchiveWallClockFileNames,
+        ArchiveAnomaly::MisfiledArchive,
+    );
+}
+
+#[test]
+fn planted_archive_recovery_keeps_uncommitted_is_caught() {
+    caught_in_archive(
+        "archive-crash-loop",
+        PlantedBug::ArchiveRecoveryKeepsUncommitted,
+        ArchiveAnomaly::OrphanFile,
     );
 }

@@ -13,6 +13,7 @@
 //! | [`client`] | [`SimProducer`] / [`SimConsumer`] / [`SimGroupConsumer`]: the `LogProducer` / `LogConsumer` / `GroupConsumer` seams over turmoil TCP |
 //! | [`net`] | [`SimListener`] / [`SimConnector`]: turmoil TCP for axum services and the registry client |
 //! | [`registry`] | [`RegistryHost`]: the schema registry service as a turmoil host on a [`SimDisk`] |
+//! | [`store`] | [`StoreHost`] / [`SimStoreClient`]: the archive's object store as a turmoil host on a [`SimDisk`], and the `ArchiveStore` seam over simulated TCP |
 //! | [`digest`] | a stable 64-bit digest for determinism checks |
 //!
 //! Everything that touches turmoil (files, sockets, time) must run inside a
@@ -27,6 +28,7 @@ pub mod disk;
 pub mod net;
 pub mod protocol;
 pub mod registry;
+pub mod store;
 
 pub use client::{
     ConsumerConfig, GroupConsumerConfig, ProducerConfig, SimConsumer, SimGroupConsumer, SimProducer,
@@ -35,3 +37,4 @@ pub use clock::{ClockControl, SimClock};
 pub use disk::{DiskFaults, SimDisk};
 pub use net::{SimConnector, SimListener};
 pub use registry::{RegistryHost, RegistryHostConfig};
+pub use store::{SimStoreClient, StoreClientConfig, StoreHost, StoreHostConfig};

@@ -14,8 +14,15 @@
 //! add nothing.
 //!
 //! `after-first-data-file` needs a batch spanning two event dates, which a
-//! live flow does not make; the property tests of `system/src/archive/tests.rs`
-//! crash after every store operation instead.
+//! live flow does not make: on the local directory, while the archive is
+//! down, `soilstream backfill` writes two-day-old readings of an SD-card log
+//! behind the live flow, and the next instance crashes between the two data
+//! files of the first batch that holds both dates. The backfilled readings
+//! must then be archived under their own (old) date.
+//!
+//! Besides `archive verify`, the archive checker the simulator uses
+//! (`soilstream_scenarios::archived`) judges the store against the clean
+//! topic row by row.
 //!
 //! Needs the `tansu` binary (`$SOILSTREAM_TANSU`) and a Python with the
 //! packages of `tests/python/requirements.txt` (`$SOILSTREAM_PYTHON`).
@@ -24,16 +31,19 @@ mod common;
 
 use common::RegistryProcess;
 use common::broker::{RAW_TOPIC, read_topic, start_broker};
-use common::gateway::{DRAIN_TIMEOUT_MS, Gateway, GatewaySpec, SOILSTREAM};
+use common::gateway::{DRAIN_TIMEOUT_MS, Gateway, GatewaySpec, SOILSTREAM, now_ms};
 use common::logs::LogsOnFailure;
 use common::python::{python, tests_dir};
 use common::qaqc::{
     QAQC_ASSIGN_TIMEOUT_MS, QAQC_CATCH_UP_TIMEOUT_MS, QAQC_GROUP, Qaqc, QaqcSpec, wait_until_caught_up,
 };
 use serde_json::Value;
+use soilstream::archive::config::StoreConfig;
 use soilstream::archive::layout::event_date;
+use soilstream::archive::objstore::ObjectStoreArchive;
 use soilstream::archive::protocol::CrashPoint;
 use soilstream_containers::{ChildProcess, ChildSpec, TansuBroker, TansuConfig, wait_until};
+use soilstream_scenarios::archived::{ArchiveCheckOptions, check_archive};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -52,6 +62,11 @@ enum Backend {
     S3,
 }
 
+/// Gateway id of the SD-card log backfilled behind the live flow.
+const BACKFILL_GATEWAY_ID: &str = "gw-archive-sd";
+/// How old the backfilled readings are: two days (inside qaqc's 3-day
+/// state horizon).
+const BACKFILL_AGE_MS: i64 = 2 * 86_400_000;
 const S3_BUCKET: &str = "soilstream-e2e";
 const S3_PREFIX: &str = "archive";
 const S3_KEY: &str = "soilstream-test";
@@ -226,6 +241,46 @@ listen = ""
         ChildProcess::spawn(spec).expect("start soilstream archive")
     }
 
+    /// Backfills an SD-card log of two-day-old readings (four probes, one
+    /// reading every 15 minutes for two hours) into the raw topic; returns
+    /// how many readings it holds per event date.
+    fn backfill_days_old_readings(&self) -> BTreeMap<String, u64> {
+        let start_ms = now_ms() - BACKFILL_AGE_MS;
+        let mut text = String::from("sensor_id,timestamp,moisture,temperature,ec,depth_cm,battery_v\n");
+        let mut per_date: BTreeMap<String, u64> = BTreeMap::new();
+        for row in 0..8_i64 {
+            *per_date.entry(event_date(start_ms + row * 900_000)).or_default() += 4;
+            for probe in 0..4 {
+                text.push_str(&format!(
+                    "{BACKFILL_GATEWAY_ID}-probe-{probe},{},0.{},12.5,0.4,{},3.7\n",
+                    start_ms + row * 900_000,
+                    20 + row,
+                    10 * (probe + 1)
+                ));
+            }
+        }
+        let csv = self.path("sdcard-log.csv");
+        std::fs::write(&csv, text).expect("write the SD-card log");
+        let output = Command::new(SOILSTREAM)
+            .arg("backfill")
+            .arg(&csv)
+            .args(["--gateway-id", BACKFILL_GATEWAY_ID])
+            .args(["--brokers", &self.broker.bootstrap_servers()])
+            .args(["--topic", RAW_TOPIC, "--registry", &self.registry.url, "--json"])
+            .env("SOILSTREAM_LOG", "info")
+            .env_remove("SOILSTREAM_BROKERS")
+            .env_remove("SOILSTREAM_REGISTRY_URL")
+            .output()
+            .expect("run soilstream backfill");
+        assert!(
+            output.status.success(),
+            "backfill failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        per_date
+    }
+
     fn verify(&self) -> (bool, Value, String) {
         let output = self
             .command(&["archive", "verify"])
@@ -282,7 +337,17 @@ fn crash_chain_verify_read_replay(backend: Backend, crashes: &[(CrashPoint, u64)
     let mut gateway = Gateway::start(&world.path("gw-archive"), &spec);
     world.logs.watch("gw-archive", gateway.log_path());
 
+    let mut backfilled_date = None;
     for (i, (point, passes)) in crashes.iter().enumerate() {
+        if *point == CrashPoint::AfterFirstDataFile {
+            // Old readings behind the live ones while the archive is down:
+            // the next batches span two dates.
+            backfilled_date = Some(world.backfill_days_old_readings());
+            eprintln!(
+                "[{:>5.1}s] backfilled two-day-old readings",
+                started.elapsed().as_secs_f64()
+            );
+        }
         let mut archive = world.start_archive(&format!("archive-crash-{i}"), Some((*point, *passes)));
         let crashed = archive.wait(120_000);
         assert!(
@@ -341,6 +406,42 @@ fn crash_chain_verify_read_replay(backend: Backend, crashes: &[(CrashPoint, u64)
     let archived_dates: BTreeMap<String, u64> =
         serde_json::from_value(report["rows_per_date"].clone()).expect("rows per date");
     assert_eq!(archived_dates, dates);
+    for (date, rows) in backfilled_date.iter().flatten() {
+        assert_eq!(
+            archived_dates.get(date),
+            Some(rows),
+            "the backfilled readings belong under event_date={date}: {archived_dates:?}"
+        );
+    }
+
+    // The shared archive checker (the simulator's) agrees, row by row.
+    let store_config = StoreConfig {
+        url: match &world.s3 {
+            Some(_) => world.root_arg(),
+            None => format!("file://{}", world.archive_root().display()),
+        },
+        endpoint: world.s3.as_ref().map(|s3| s3.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some(S3_KEY.into()),
+        secret_access_key: Some(S3_SECRET.into()),
+        allow_http: true,
+        ..StoreConfig::default()
+    };
+    let judged = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(async {
+            let store = ObjectStoreArchive::open(&store_config).expect("open the archive's store");
+            let options = ArchiveCheckOptions {
+                topic: CLEAN_TOPIC.into(),
+                ..ArchiveCheckOptions::defaults()
+            };
+            check_archive(&store, &clean, &options).await
+        })
+        .expect("read the archive's store");
+    assert!(judged.valid, "{judged}");
+    assert_eq!(judged.tally.rows, clean.len() as u64, "{judged}");
     if backend == Backend::Local {
         let files = parquet_files(&world.archive_root());
         assert!(
@@ -439,10 +540,11 @@ fn crash_chain_verify_read_replay(backend: Backend, crashes: &[(CrashPoint, u64)
     eprintln!("[{:>5.1}s] done ({backend:?})", started.elapsed().as_secs_f64());
 }
 
-/// Every crash point a live flow reaches, in an order that makes the
-/// recovery points meet leftovers: `after-data-files` leaves an uncommitted
-/// attempt that the next instance fences (and crashes after its abort
-/// marker, then after removing the first of its files).
+/// Every crash point, in an order that makes the recovery points meet
+/// leftovers: `after-data-files` leaves an uncommitted attempt that the next
+/// instance fences (and crashes after its abort marker, then after removing
+/// the first of its files); `after-first-data-file` comes last, after a
+/// backfill of old readings.
 #[test]
 fn a_local_archive_crashed_at_every_point_recovers_exactly_once_and_outside_readers_agree() {
     use CrashPoint::*;
@@ -458,6 +560,7 @@ fn a_local_archive_crashed_at_every_point_recovers_exactly_once_and_outside_read
             (AfterMarker, 1),
             (AfterIntentRemoved, 1),
             (AfterGroupCommit, 1),
+            (AfterFirstDataFile, 0),
         ],
     );
 }

@@ -23,14 +23,14 @@ use crate::clock::Clock;
 use crate::codec::from_wire;
 use crate::component::{Backoff, Shutdown};
 use crate::registry::{RegistryError, SchemaRegistry};
-use crate::transport::{ConsumeError, ConsumedRecord, GroupConsumer, GroupEvent, LogConsumer};
+use crate::transport::{ConsumedRecord, GroupConsumer, GroupEvent, LogConsumer};
 use futures::future::LocalBoxFuture;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use tokio::time::{Duration, Instant, sleep, sleep_until};
 
 /// Builds a plain consumer (for the lag gauge).
-pub type ReaderFactory = Box<dyn Fn() -> Result<Box<dyn LogConsumer>, ConsumeError>>;
+pub type ReaderFactory = crate::transport::ConsumerFactory;
 
 /// Lag is measured this often, ms.
 const LAG_INTERVAL_MS: u64 = 10_000;

@@ -48,7 +48,7 @@ use std::rc::Rc;
 use tokio::time::{Duration, Instant, sleep};
 
 /// Builds the plain (assign-based) consumers qaqc reads its outputs back with.
-pub type ReaderFactory = Box<dyn Fn() -> Result<Box<dyn LogConsumer>, ConsumeError>>;
+pub type ReaderFactory = crate::transport::ConsumerFactory;
 
 /// What one owned partition looks like, for the harness and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

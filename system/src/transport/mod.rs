@@ -158,6 +158,10 @@ pub enum ConsumeError {
     Other(String),
 }
 
+/// Builds plain (assign-based) consumers on demand: what a component that
+/// reads topics besides its group's gets from its world.
+pub type ConsumerFactory = Box<dyn Fn() -> Result<Box<dyn LogConsumer>, ConsumeError>>;
+
 /// Reads records from a log, by explicit partition assignment.
 pub trait LogConsumer {
     /// Number of partitions of `topic`.
