@@ -31,8 +31,10 @@ use soilstream::registry::InProcessRegistry;
 use soilstream::source::{Measurement, SensorSource};
 use soilstream::transport::kafka::{KafkaConsumer, KafkaProducer};
 use soilstream::transport::{LogConsumer, LogProducer, ProduceError, read_topic_to_end};
-use soilstream_benches::{BENCH_SENSORS, bench_spool_config, fill_spool, open_bench_spool, thousands};
-use soilstream_containers::{FixtureError, TansuBroker, TansuConfig, TansuStorage};
+use soilstream_benches::{
+    BENCH_SENSORS, bench_spool_config, fill_spool, open_bench_spool, start_bench_broker, thousands,
+};
+use soilstream_containers::{TansuBroker, TansuConfig, TansuStorage};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::rc::Rc;
@@ -101,13 +103,8 @@ fn main() {
             let config = TansuConfig::default()
                 .storage(storage)
                 .topic(topic_for(limit), TOPIC_PARTITIONS);
-            let broker = match TansuBroker::start(config) {
-                Ok(broker) => broker,
-                Err(error @ FixtureError::TansuMissing { .. }) => {
-                    println!("drain benchmark skipped: {error}");
-                    return;
-                }
-                Err(error) => panic!("starting the broker: {error}"),
+            let Some(broker) = start_bench_broker("drain", config) else {
+                return;
             };
             let run = drain_once(&broker, limit, backlog_records);
             let rate = run.delivered as f64 / run.wall.as_secs_f64();

@@ -26,8 +26,10 @@ use soilstream::registry::{InProcessRegistry, SchemaRegistry, value_subject};
 use soilstream::transport::kafka::{KafkaClientConfig, KafkaConsumer, KafkaProducer};
 use soilstream::transport::kafka_group::KafkaGroupConfig;
 use soilstream::transport::{LogConsumer, LogProducer, OutboundRecord, ProduceError, StartOffset};
-use soilstream_benches::{BENCH_SENSORS, bench_reading, thousands};
-use soilstream_containers::{FixtureError, TansuBroker, TansuConfig, TansuStorage};
+use soilstream_benches::{
+    BENCH_SENSORS, bench_reading, produce_all, start_bench_broker, thousands, time_until_done,
+};
+use soilstream_containers::{TansuConfig, TansuStorage};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -70,13 +72,8 @@ fn main() {
         for topic in settings.topics.outputs() {
             config = config.topic(topic.to_string(), PARTITIONS);
         }
-        let broker = match TansuBroker::start(config) {
-            Ok(broker) => broker,
-            Err(error @ FixtureError::TansuMissing { .. }) => {
-                println!("qaqc benchmark skipped: {error}");
-                return;
-            }
-            Err(error) => panic!("starting the broker: {error}"),
+        let Some(broker) = start_bench_broker("qaqc", config) else {
+            return;
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -112,13 +109,11 @@ fn producer(kafka: &KafkaClientConfig) -> KafkaProducer {
 /// Writes the backlog to the raw topic (schema id 1 = the shipped v1).
 async fn fill_raw(kafka: &KafkaClientConfig, records: u64) {
     let codec = ReadingCodec::v1();
-    let producer = producer(kafka);
-    let mut pending = Vec::with_capacity(records as usize);
-    for i in 0..records {
+    let backlog = (0..records).map(|i| {
         let sensor = BENCH_SENSORS[(i % BENCH_SENSORS.len() as u64) as usize];
         let reading = bench_reading(sensor, i / BENCH_SENSORS.len() as u64 + 1);
         let value = to_wire(1, &codec.encode_body(&reading).expect("encodes"));
-        let record = OutboundRecord {
+        OutboundRecord {
             topic: RAW.into(),
             key: sensor.as_bytes().to_vec(),
             partition: None,
@@ -128,21 +123,9 @@ async fn fill_raw(kafka: &KafkaClientConfig, records: u64) {
                 (HEADER_GATEWAY_ID.into(), reading.gateway_id.clone().into_bytes()),
                 (HEADER_SEQ.into(), reading.seq.to_string().into_bytes()),
             ],
-        };
-        loop {
-            match producer.enqueue(record.clone()) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err(ProduceError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
-                Err(e) => panic!("producing the backlog: {e}"),
-            }
         }
-    }
-    for delivery in pending {
-        delivery.await.expect("backlog delivered");
-    }
+    });
+    produce_all(&producer(kafka), backlog).await;
 }
 
 /// Consumes the raw topic and re-produces every record: the bound.
@@ -233,21 +216,13 @@ async fn qaqc(kafka: &KafkaClientConfig, records: u64, mut settings: QaqcSetting
     .expect("qaqc parts");
     let (trigger, shutdown) = Shutdown::new();
     let started = Instant::now();
-    let watch = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            assert!(
-                started.elapsed() < Duration::from_millis(RUN_TIMEOUT_MS),
-                "qaqc timed out: {}",
-                metrics.summary()
-            );
-            if metrics.records_in.get() >= records && metrics.in_flight_outputs.get() == 0 {
-                let elapsed = started.elapsed();
-                trigger.trigger();
-                return elapsed;
-            }
-        }
-    };
+    let watch = time_until_done(
+        started,
+        RUN_TIMEOUT_MS,
+        &trigger,
+        || metrics.records_in.get() >= records && metrics.in_flight_outputs.get() == 0,
+        || format!("qaqc: {}", metrics.summary()),
+    );
     let (result, elapsed) = tokio::join!(run_qaqc(settings, parts, shutdown), watch);
     result.expect("qaqc ran");
     elapsed

@@ -6,6 +6,8 @@
 //!   real Tansu broker, in readings per second, for several in-flight limits;
 //! - `qaqc`: qaqc's throughput against a plain consume-and-produce
 //!   passthrough on the same real broker (a ratio);
+//! - `archive`: the archive's throughput against a plain Parquet write of
+//!   the same rows from memory (a ratio);
 //! - `sim_speed`: the capstone-sized simulated world, reporting simulated
 //!   seconds per wall-clock second against the 30 s target.
 //!
@@ -14,6 +16,9 @@
 use soilstream::disk::{Disk, StdDisk};
 use soilstream::model::Reading;
 use soilstream::spool::{Spool, SpoolConfig};
+use soilstream::transport::kafka::KafkaProducer;
+use soilstream::transport::{LogProducer, OutboundRecord, ProduceError};
+use soilstream_containers::{FixtureError, TansuBroker, TansuConfig};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -84,6 +89,65 @@ pub fn thousands(value: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Starts Tansu for the benchmark `bench`; without a `tansu` binary it says
+/// how to install one and returns `None` (the benchmark is skipped).
+pub fn start_bench_broker(bench: &str, config: TansuConfig) -> Option<TansuBroker> {
+    match TansuBroker::start(config) {
+        Ok(broker) => Some(broker),
+        Err(error @ FixtureError::TansuMissing { .. }) => {
+            println!("{bench} benchmark skipped: {error}");
+            None
+        }
+        Err(error) => panic!("starting the broker: {error}"),
+    }
+}
+
+/// Times a component run: polls `done` every 5 ms; when it holds, asks
+/// the component to stop (`trigger`) and returns the time since `started`.
+/// Panics with `progress()` after `timeout_ms`.
+pub async fn time_until_done(
+    started: std::time::Instant,
+    timeout_ms: u64,
+    trigger: &soilstream::component::ShutdownTrigger,
+    done: impl Fn() -> bool,
+    progress: impl Fn() -> String,
+) -> std::time::Duration {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(timeout_ms),
+            "timed out: {}",
+            progress()
+        );
+        if done() {
+            let elapsed = started.elapsed();
+            trigger.trigger();
+            return elapsed;
+        }
+    }
+}
+
+/// Produces every record and waits for every acknowledgement, waiting
+/// whenever the producer's queue is full.
+pub async fn produce_all(producer: &KafkaProducer, records: impl Iterator<Item = OutboundRecord>) {
+    let mut pending = Vec::new();
+    for record in records {
+        loop {
+            match producer.enqueue(record.clone()) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err(ProduceError::QueueFull) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                Err(e) => panic!("producing the backlog: {e}"),
+            }
+        }
+    }
+    for delivery in pending {
+        delivery.await.expect("backlog delivered");
+    }
 }
 
 #[cfg(test)]

@@ -221,6 +221,7 @@ async fn run_archive_until_stopped(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = config.settings();
     let store = ObjectStoreArchive::open(&config.store).context("opening the [store]")?;
     tracing::info!(store = %store.description(), "archive store");
+    store.check_usable().await.context("checking the [store]")?;
     let registry = registry_for(&config.registry.url)?;
     let crash = crash_hook_from_env().map_err(anyhow::Error::msg)?;
     let metrics = ArchiveMetrics::new();

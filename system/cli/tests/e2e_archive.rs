@@ -574,3 +574,49 @@ fn an_s3_archive_crashed_mid_batch_recovers_exactly_once_and_outside_readers_agr
         &[(AfterDataFiles, 1), (AfterAbortMarker, 0), (AfterMarker, 1)],
     );
 }
+
+/// A bucket that does not exist is refused before the archive joins its
+/// group (and by `verify`), with what to do; nothing is retried forever.
+#[test]
+fn a_missing_bucket_is_refused_at_start_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let s3 = S3Server::start(&dir.path().join("s3.log"));
+    let store = format!(
+        "[store]\nurl = \"s3://no-such-bucket/archive\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+         access_key_id = \"{S3_KEY}\"\nsecret_access_key = \"{S3_SECRET}\"\nallow_http = true\n\
+         [kafka]\nbootstrap_servers = \"127.0.0.1:9\"\n[metrics]\nlisten = \"\"\n",
+        s3.endpoint
+    );
+    let config = dir.path().join("archive.toml");
+    std::fs::write(&config, store).expect("write the config");
+    let mut child = ChildProcess::spawn(
+        ChildSpec::new(SOILSTREAM, dir.path().join("archive.log"))
+            .arg("archive")
+            .arg("--config")
+            .arg(&config),
+    )
+    .expect("start soilstream archive");
+    let status = child.wait(30_000);
+    let log = std::fs::read_to_string(dir.path().join("archive.log")).unwrap_or_default();
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{log}");
+    assert!(
+        log.contains("no-such-bucket") && log.contains("does not exist") && log.contains("aws s3 mb"),
+        "{log}"
+    );
+    assert!(!log.contains(S3_SECRET), "the secret leaked: {log}");
+
+    let verify = Command::new(SOILSTREAM)
+        .args(["archive", "verify", "s3://no-such-bucket/archive", "--endpoint"])
+        .arg(&s3.endpoint)
+        .arg("--allow-http")
+        .env("AWS_ACCESS_KEY_ID", S3_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .expect("run soilstream archive verify");
+    let text = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        !verify.status.success() && text.contains("does not exist"),
+        "{text}"
+    );
+}

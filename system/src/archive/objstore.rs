@@ -151,9 +151,28 @@ fn map_error(path: &str, error: object_store::Error) -> StoreError {
         E::NotSupported { source } => StoreError::Other(format!(
             "`{path}`: the store does not support create-if-absent puts ({source}); it cannot hold an exactly-once archive"
         )),
-        // Network, throttling, 5xx, a missing bucket: object_store retried
-        // already; the archive retries again with its backoff.
+        // S3 answers 404 with this code for a bucket that is not there:
+        // retrying will not create it.
+        other if other.to_string().contains("NoSuchBucket") => StoreError::Other(format!(
+            "`{path}`: the bucket does not exist (NoSuchBucket); create it (for example `aws s3 mb s3://BUCKET`) \
+             or fix `[store] url`"
+        )),
+        // Network, throttling, 5xx: object_store retried already; the
+        // archive retries again with its backoff.
         other => StoreError::Unavailable(format!("`{path}`: {other}")),
+    }
+}
+
+impl ObjectStoreArchive {
+    /// Lists the manifests' directory once, so a store that cannot work
+    /// (a missing bucket, refused credentials) is reported before the
+    /// archive joins its group. An unreachable store is not an error here:
+    /// the archive retries it.
+    pub async fn check_usable(&self) -> Result<(), StoreError> {
+        match self.list(&format!("{}/", super::layout::MANIFEST_DIR)).await {
+            Ok(_) | Err(StoreError::Unavailable(_)) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(StoreError::Other(format!("{}: {e}", self.description))),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! produced it, or the last raw record processed before a timer produced it.
 
 use crate::codec::CodecError;
+use crate::model::Reading;
 use apache_avro::Schema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,32 @@ pub struct CleanReading {
     pub lookahead_complete: bool,
     /// Schema id of the raw record.
     pub source_schema_id: i32,
+}
+
+impl CleanReading {
+    /// The clean record of `reading`: moisture in percent, with its flags,
+    /// whether their look-ahead was complete, and the raw record's schema id.
+    pub fn of_reading(
+        reading: Reading,
+        flags: Vec<String>,
+        lookahead_complete: bool,
+        source_schema_id: u32,
+    ) -> Self {
+        CleanReading {
+            gateway_id: reading.gateway_id,
+            sensor_id: reading.sensor_id,
+            seq: reading.seq as i64,
+            event_time: reading.event_time_ms,
+            moisture_pct: reading.moisture_vwc * 100.0,
+            soil_temp_c: reading.soil_temp_c,
+            bulk_ec_ds_m: reading.bulk_ec_ds_m,
+            depth_cm: reading.depth_cm,
+            battery_v: reading.battery_v,
+            flags,
+            lookahead_complete,
+            source_schema_id: source_schema_id as i32,
+        }
+    }
 }
 
 /// A flag revision (`schemas/soil_flag_revision.avsc`).

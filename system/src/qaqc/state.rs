@@ -699,20 +699,7 @@ impl PartitionState {
             outputs.push(Output {
                 src_offset: p.src_offset,
                 body: OutputBody::Clean(
-                    CleanReading {
-                        gateway_id: r.gateway_id,
-                        sensor_id: r.sensor_id,
-                        seq: r.seq as i64,
-                        event_time: r.event_time_ms,
-                        moisture_pct: r.moisture_vwc * 100.0,
-                        soil_temp_c: r.soil_temp_c,
-                        bulk_ec_ds_m: r.bulk_ec_ds_m,
-                        depth_cm: r.depth_cm,
-                        battery_v: r.battery_v,
-                        flags: flags.codes(),
-                        lookahead_complete,
-                        source_schema_id: p.schema_id as i32,
-                    },
+                    CleanReading::of_reading(r, flags.codes(), lookahead_complete, p.schema_id),
                     p.digest,
                 ),
             });
