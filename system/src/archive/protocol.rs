@@ -279,7 +279,10 @@ async fn recover_once(
             let pending_object = pending_path(topic, partition, first, attempt);
             let intent = match read_manifest(store, partition, &pending_object).await {
                 Ok(m) => Some(m),
-                Err(ProtocolError::Store(StoreError::NotFound(_))) => continue,
+                // Removed since the listing: its writer decided the attempt
+                // (committed or fenced) meanwhile, so the listing is stale:
+                // start over, or a commit made just now would be missed.
+                Err(ProtocolError::Store(StoreError::NotFound(_))) => return Ok(None),
                 // A torn intent lists nothing reliable; its files are found
                 // by `archive verify` (as orphans), never committed.
                 Err(ProtocolError::Corrupt { .. }) => None,

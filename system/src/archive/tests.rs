@@ -318,3 +318,84 @@ fn wall_clock_file_names_are_caught_by_verify() {
         );
     });
 }
+
+/// A store whose first listing of the manifests is a snapshot taken just
+/// before another writer finishes its commit (marker written, intent
+/// removed): what a successor's recovery sees when it lists while a
+/// zombie commits.
+struct CommitAfterListing {
+    inner: MemoryArchiveStore,
+    pending: String,
+    marker: String,
+    manifest: Vec<u8>,
+    fired: Cell<bool>,
+}
+
+impl ArchiveStore for CommitAfterListing {
+    fn put_if_absent<'a>(
+        &'a self,
+        path: &'a str,
+        bytes: Vec<u8>,
+    ) -> LocalBoxFuture<'a, Result<(), StoreError>> {
+        self.inner.put_if_absent(path, bytes)
+    }
+    fn get<'a>(&'a self, path: &'a str) -> LocalBoxFuture<'a, Result<Vec<u8>, StoreError>> {
+        self.inner.get(path)
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> LocalBoxFuture<'a, Result<Vec<StoredObject>, StoreError>> {
+        Box::pin(async move {
+            let listed = self.inner.list(prefix).await?;
+            if prefix.starts_with("_archive/") && !self.fired.replace(true) {
+                self.inner
+                    .put_if_absent(&self.marker, self.manifest.clone())
+                    .await?;
+                self.inner.delete(&self.pending).await?;
+            }
+            Ok(listed)
+        })
+    }
+    fn delete<'a>(&'a self, path: &'a str) -> LocalBoxFuture<'a, Result<(), StoreError>> {
+        self.inner.delete(path)
+    }
+}
+
+/// Found by the simulator (`archive-rebalance`, seed 2008): a recovery that
+/// listed an intent whose writer then committed and removed it must not
+/// take the vanished intent for nothing: it starts over and resumes after
+/// that commit, never writing a second commit at the same position.
+#[test]
+fn an_intent_committed_between_listing_and_reading_is_not_overlooked() {
+    use super::layout::{marker_path, pending_path};
+    run_local(async {
+        let records: Vec<Vec<u8>> = (0..10).map(|o| clean_record(o, 0)).collect();
+        let schema = Rc::new(ArchiveSchema::new(9, CLEAN_SCHEMA, "event_time").unwrap());
+        let mut batch = OpenBatch::new(0, 0);
+        for (offset, record) in records.iter().enumerate() {
+            batch.push(&schema, schema.row(0, offset as i64, Some(b"k"), record).unwrap());
+        }
+        let plan = batch.plan(TOPIC, 0, 0, "zombie", None).unwrap();
+        let memory = MemoryArchiveStore::new();
+        let manifest = plan.manifest().to_bytes();
+        let pending = pending_path(TOPIC, 0, 0, 0);
+        memory.put_if_absent(&pending, manifest.clone()).await.unwrap();
+        for file in &plan.files {
+            memory
+                .put_if_absent(&file.entry.path, file.bytes.clone())
+                .await
+                .unwrap();
+        }
+        let racing = CommitAfterListing {
+            inner: memory.clone(),
+            pending,
+            marker: marker_path(TOPIC, 0, 0, 0),
+            manifest,
+            fired: Cell::new(false),
+        };
+        let recovery = recover(&racing, &NoCrash, TOPIC, 0, "successor", false)
+            .await
+            .unwrap();
+        assert!(racing.fired.get(), "the commit raced with the listing");
+        assert_eq!(recovery.next_offset, Some(10), "{recovery:?}");
+        assert_exactly_once(&memory, 10).await;
+    });
+}
