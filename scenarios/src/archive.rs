@@ -160,7 +160,7 @@ pub fn store_client(tick_ms: u64) -> SimStoreClient {
 
 /// The handles of the world's archive hosts (not yet added to the
 /// simulation).
-pub fn handles(scenario: &Scenario, _seed: u64) -> Vec<ArchiveHandles> {
+pub fn handles(scenario: &Scenario) -> Vec<ArchiveHandles> {
     let progress = Rc::new(RefCell::new(ArchiveProgress::default()));
     (0..scenario.archive.instances)
         .map(|i| {

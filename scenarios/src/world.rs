@@ -416,7 +416,7 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
         sim.host(STORE_HOST, store.software());
         store
     });
-    let archive = crate::archive::handles(scenario, seed);
+    let archive = crate::archive::handles(scenario);
     for (i, handles) in archive.iter().enumerate() {
         if handles.host.start_at_ms == 0 {
             crate::archive::start_host(&mut sim, handles, scenario, i as u32, planted, EPOCH_MS);
