@@ -2,7 +2,9 @@
 //! x 20 probes sampling every minute for 48 simulated hours, a 24 h power
 //! outage on one gateway and a 2 h network outage on another (plus the rest
 //! of `scenarios/storm-mix.toml`). Target: under 30 s of wall time on
-//! a 2-core machine.
+//! a 2-core machine. Then the capstone itself (`scenarios/capstone.toml`,
+//! with the qaqc, archive and object store hosts and an SD-card backfill,
+//! what `soilstream capstone` runs): target well under a minute.
 //!
 //! A bench binary that prints ratios (criterion's statistics add nothing for
 //! a 10 s run): `cargo bench -p soilstream-benches --bench sim_speed`.
@@ -24,11 +26,25 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/storm-mix.toml");
+    for (file, target_wall_s) in [
+        ("storm-mix.toml", TARGET_WALL_S),
+        ("capstone.toml", CAPSTONE_TARGET_WALL_S),
+    ] {
+        measure(file, seeds, target_wall_s);
+    }
+}
+
+/// The capstone's target, wall seconds ("well under a minute").
+const CAPSTONE_TARGET_WALL_S: f64 = 30.0;
+
+fn measure(file: &str, seeds: u64, target_wall_s: f64) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios")
+        .join(file);
     let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let t = &scenario.topology;
     println!(
-        "capstone world `{}`: {} gateways x {} probes every {} s, {:.0} simulated h, tick {} ms",
+        "world `{}`: {} gateways x {} probes every {} s, {:.0} simulated h, tick {} ms",
         scenario.name,
         t.gateways,
         t.sensors_per_gateway,
@@ -52,13 +68,13 @@ fn main() {
             if result.passed() { "PASS" } else { "FAIL" },
             thousands(result.speed()),
             thousands(result.check.tally.delivered_unique as f64),
-            wall_s / TARGET_WALL_S
+            wall_s / target_wall_s
         );
         assert!(result.passed(), "{}", result.summary());
     }
     println!(
-        "worst: {worst_wall_s:.2} wall s against a {TARGET_WALL_S:.0} s target ({})",
-        if worst_wall_s <= TARGET_WALL_S {
+        "worst: {worst_wall_s:.2} wall s against a {target_wall_s:.0} s target ({})",
+        if worst_wall_s <= target_wall_s {
             "met"
         } else {
             "MISSED"

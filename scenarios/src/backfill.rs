@@ -92,7 +92,7 @@ pub fn sd_card_log(scenario: &Scenario, seed: u64, index: usize) -> SdCardLog {
         gateway_id: backfill.gateway_id(),
         sensor_prefix: format!("{live}-probe"),
         sensors: t.sensors_per_gateway,
-        from_ms: EPOCH_MS + (backfill.log_from_s * 1_000) as i64,
+        from_ms: EPOCH_MS + backfill.log_from_s * 1_000,
         rounds: backfill.rounds(t),
         interval_ms: backfill.interval_ms(t),
         bad_rows: backfill.bad_rows,

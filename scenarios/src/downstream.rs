@@ -631,3 +631,16 @@ pub fn check_downstream(
     report.valid = report.anomalies.is_empty();
     report
 }
+
+/// The decodable records of an aggregates topic with their window start
+/// (ms since the Unix epoch) and revision, for reports.
+pub fn window_revisions(aggregates: &[ConsumedRecord]) -> Vec<(&ConsumedRecord, i64, i32)> {
+    let codecs = OutputCodecs::default();
+    aggregates
+        .iter()
+        .filter_map(|record| {
+            let a: WindowAggregate = decode(&codecs.aggregates, record).ok()?;
+            Some((record, a.window_start, a.revision))
+        })
+        .collect()
+}

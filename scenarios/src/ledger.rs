@@ -55,6 +55,9 @@ pub struct Entry {
     pub reading: Reading,
     /// What became of it.
     pub fate: Fate,
+    /// Harness time it was first seen (sampled, or durable when only
+    /// durable readings are known), ms.
+    pub sampled_at_ms: u64,
     /// Simulated time it was acknowledged durable, ms (if it was).
     pub durable_at_ms: Option<u64>,
     /// Positions the producer reported for it (one per delivery report).
@@ -114,6 +117,7 @@ impl Ledger {
             Entry {
                 reading: reading.clone(),
                 fate: Fate::Sampled,
+                sampled_at_ms: self.now_ms,
                 durable_at_ms: None,
                 delivered_at: Vec::new(),
                 first_delivered_at_ms: None,

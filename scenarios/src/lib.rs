@@ -16,6 +16,7 @@ pub mod checker;
 pub mod downstream;
 pub mod hostile;
 pub mod ledger;
+pub mod observe;
 pub mod qaqc;
 pub mod runner;
 pub mod scenario;

@@ -11,6 +11,7 @@ use crate::archived::{ArchiveCheckOptions, ArchiveCheckReport, check_archive};
 use crate::backfill::{self, BackfillReport};
 use crate::checker::{CheckOptions, CheckReport, check_topic};
 use crate::downstream::{DownstreamReport, DownstreamTopics, check_downstream};
+use crate::observe::{Observations, ObservedRun, Recorder, Sample, sample_interval_ms};
 use crate::scenario::{Scenario, Stage};
 use crate::stage::StageHost;
 use crate::timeline::{Action, TimedAction, expand};
@@ -117,6 +118,8 @@ pub struct RunResult {
     pub digest: u64,
     /// Wall-clock time of the run, ms (not deterministic; not in the summary).
     pub wall_ms: u64,
+    /// What the run looked like over time (for reports).
+    pub observations: Observations,
 }
 
 impl RunResult {
@@ -584,8 +587,108 @@ fn all_drained(world: &mut World<'_>) -> bool {
         && sim.is_host_running(BROKER_HOST)
 }
 
+/// Samples the world into `recorder` when a sample is due: spool depths,
+/// the observed topics' high watermarks, the archive's reach.
+fn observe(world: &World<'_>, recorder: &mut Recorder, topics: &[String], partitions: u32) -> bool {
+    let now_ms = world.sim.elapsed().as_millis() as u64;
+    if !recorder.due(now_ms) {
+        return false;
+    }
+    sample_now(world, recorder, topics, partitions);
+    true
+}
+
+/// Samples the world into `recorder` now.
+fn sample_now(world: &World<'_>, recorder: &mut Recorder, topics: &[String], partitions: u32) {
+    let now_ms = world.sim.elapsed().as_millis() as u64;
+    if recorder.samples().last().is_some_and(|s| s.at_ms == now_ms) {
+        return;
+    }
+    let high_watermarks = topics
+        .iter()
+        .map(|topic| {
+            world
+                .broker
+                .observer
+                .with_core(|core| {
+                    (0..partitions as i32)
+                        .map(|p| core.high_watermark(topic, p))
+                        .collect::<Option<Vec<i64>>>()
+                })
+                .flatten()
+                .unwrap_or_default()
+        })
+        .collect();
+    let archived_next = match world.archive.first() {
+        Some(handles) => {
+            let progress = handles.progress.borrow();
+            (0..partitions as i32)
+                .map(|p| progress.archived_next.get(&p).copied().unwrap_or(0))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    recorder.record(Sample {
+        at_ms: now_ms,
+        spool_depth_records: world
+            .gateways
+            .iter()
+            .map(|g| g.metrics.spool_depth_records.get().max(0) as u64)
+            .collect(),
+        gateway_boots: world.gateways.iter().map(|g| g.boots.get()).collect(),
+        high_watermarks,
+        archived_next,
+    });
+}
+
+/// What a run is doing, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Playing the fault timeline and waiting for the drain.
+    Timeline,
+    /// Stopping the gateways (their spools drain).
+    GatewaysStopping,
+    /// qaqc catching up with the raw topic.
+    QaqcCatchingUp,
+    /// The archive catching up with the clean topic.
+    ArchiveCatchingUp,
+}
+
+impl Phase {
+    /// A short description.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Timeline => "timeline",
+            Phase::GatewaysStopping => "gateways stopping",
+            Phase::QaqcCatchingUp => "qaqc catching up",
+            Phase::ArchiveCatchingUp => "archive catching up",
+        }
+    }
+}
+
+/// Progress of a run, reported at every sample of the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunProgress {
+    /// What the run is doing.
+    pub phase: Phase,
+    /// Simulated time so far, ms.
+    pub simulated_ms: u64,
+    /// The scenario's scripted duration, ms (a run goes on past it until
+    /// everything drained).
+    pub planned_ms: u64,
+}
+
 /// Runs `scenario` with `options` and judges it.
 pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
+    run_scenario_with_progress(scenario, options, &mut |_| {})
+}
+
+/// [`run_scenario`], calling `progress` at every sample of the world.
+pub fn run_scenario_with_progress(
+    scenario: &Scenario,
+    options: RunOptions,
+    progress: &mut dyn FnMut(RunProgress),
+) -> RunResult {
     let wall_start = std::time::Instant::now();
     let mut world = build(scenario, options.seed, options.planted);
     let actions = expand(scenario);
@@ -597,6 +700,17 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     let mut events = Vec::new();
     let mut next_action = 0;
     let mut drained_at_ms: Option<u64> = None;
+    let observed_partitions = scenario.topology.partitions;
+    let qaqc_topics = crate::qaqc::settings(scenario, 0, PlantedBug::None).topics;
+    let mut observed_topics = vec![RAW_TOPIC.to_owned()];
+    if !world.qaqc.is_empty() {
+        observed_topics.extend([
+            qaqc_topics.clean.clone(),
+            qaqc_topics.quarantine.clone(),
+            qaqc_topics.aggregates.clone(),
+        ]);
+    }
+    let mut recorder = Recorder::new(sample_interval_ms(run_until_ms, tick_ms));
 
     // Phase 1: run the timeline, then wait for the drain.
     loop {
@@ -658,6 +772,13 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
                 world.sim.crash(handles.host.name.as_str());
             }
         }
+        if observe(&world, &mut recorder, &observed_topics, observed_partitions) {
+            progress(RunProgress {
+                phase: Phase::Timeline,
+                simulated_ms: world.sim.elapsed().as_millis() as u64,
+                planned_ms: run_until_ms,
+            });
+        }
         if let Err(e) = world.sim.step() {
             failures.push(format!("simulation error: {e}"));
             break;
@@ -695,6 +816,13 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         if world.sim.elapsed().as_millis() as u64 >= stop_deadline_ms {
             failures.push(format!("gateways did not stop: {running:?}"));
             break;
+        }
+        if observe(&world, &mut recorder, &observed_topics, observed_partitions) {
+            progress(RunProgress {
+                phase: Phase::GatewaysStopping,
+                simulated_ms: world.sim.elapsed().as_millis() as u64,
+                planned_ms: run_until_ms,
+            });
         }
         if let Err(e) = world.sim.step() {
             failures.push(format!("simulation error while stopping: {e}"));
@@ -746,6 +874,13 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
                 ));
                 break;
             }
+            if observe(&world, &mut recorder, &observed_topics, observed_partitions) {
+                progress(RunProgress {
+                    phase: Phase::QaqcCatchingUp,
+                    simulated_ms: world.sim.elapsed().as_millis() as u64,
+                    planned_ms: run_until_ms,
+                });
+            }
             if let Err(e) = world.sim.step() {
                 failures.push(format!("simulation error while qaqc caught up: {e}"));
                 break;
@@ -784,6 +919,13 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
                     "liveness: the archive did not catch up with the clean topic {clean_high:?} within 4 h after qaqc stopped: markers cover {progress:?}"
                 ));
                 break;
+            }
+            if observe(&world, &mut recorder, &observed_topics, observed_partitions) {
+                progress(RunProgress {
+                    phase: Phase::ArchiveCatchingUp,
+                    simulated_ms: world.sim.elapsed().as_millis() as u64,
+                    planned_ms: run_until_ms,
+                });
             }
             if let Err(e) = world.sim.step() {
                 failures.push(format!("simulation error while the archive caught up: {e}"));
@@ -1140,6 +1282,22 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
     }
     digest.u64(world.broker.observer.state_digest().unwrap_or(0));
     let simulated_ms = world.sim.elapsed().as_millis() as u64;
+    // A last sample: the state the checker read.
+    sample_now(&world, &mut recorder, &observed_topics, observed_partitions);
+    let observations = Observations::build(ObservedRun {
+        scenario,
+        epoch_ms: world::EPOCH_MS,
+        gateways: world.gateways.iter().map(|g| g.name.clone()).collect(),
+        topics: observed_topics,
+        recorder,
+        raw: &records,
+        decoded: &decoded,
+        aggregates: downstream_topics
+            .as_ref()
+            .map(|t| crate::downstream::window_revisions(&t.aggregates))
+            .unwrap_or_default(),
+        ledger: &world.ledger.borrow(),
+    });
     RunResult {
         scenario: scenario.name.clone(),
         seed: options.seed,
@@ -1158,6 +1316,7 @@ pub fn run_scenario(scenario: &Scenario, options: RunOptions) -> RunResult {
         failures,
         digest: digest.finish(),
         wall_ms: wall_start.elapsed().as_millis() as u64,
+        observations,
     }
 }
 

@@ -281,10 +281,11 @@ pub struct Backfill {
     pub gateway: u32,
     /// When the backfill starts, s.
     pub at_s: u64,
-    /// First event time in the log, s from the start.
-    pub log_from_s: u64,
+    /// First event time in the log, s from the start (negative: the log
+    /// began before the run, as the card of a station offline for days).
+    pub log_from_s: i64,
     /// End of the log's event times (exclusive), s from the start; at most `at_s`.
-    pub log_to_s: u64,
+    pub log_to_s: i64,
     /// Time between two rows of one probe, ms (default: the topology's
     /// sampling interval).
     #[serde(default)]
@@ -323,7 +324,7 @@ impl Backfill {
 
     /// Sampling rounds in the log (each has one row per probe).
     pub fn rounds(&self, topology: &Topology) -> u64 {
-        let span_ms = self.log_to_s.saturating_sub(self.log_from_s) * 1_000;
+        let span_ms = (self.log_to_s.saturating_sub(self.log_from_s)).max(0) as u64 * 1_000;
         span_ms.div_ceil(self.interval_ms(topology).max(1))
     }
 
@@ -930,7 +931,17 @@ pub enum ScenarioError {
     },
 }
 
+/// The capstone scenario, `scenarios/capstone.toml`, embedded in the
+/// binary (`soilstream capstone` runs it with nothing else on disk).
+pub const CAPSTONE_TOML: &str = include_str!("../capstone.toml");
+
 impl Scenario {
+    /// The embedded capstone scenario ([`CAPSTONE_TOML`]).
+    pub fn capstone() -> Self {
+        Self::parse(CAPSTONE_TOML, "scenarios/capstone.toml (embedded)")
+            .expect("the shipped capstone scenario is valid")
+    }
+
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
@@ -1105,7 +1116,7 @@ impl Scenario {
             if backfill.at_s >= self.duration_s {
                 return Err(format!("{at}: at_s must be before duration_s"));
             }
-            if backfill.log_from_s >= backfill.log_to_s || backfill.log_to_s > backfill.at_s {
+            if backfill.log_from_s >= backfill.log_to_s || backfill.log_to_s > backfill.at_s as i64 {
                 return Err(format!(
                     "{at}: the log must cover log_from_s < log_to_s <= at_s (it was written before the backfill)"
                 ));

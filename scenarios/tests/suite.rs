@@ -80,10 +80,11 @@ fn passes_ci_seeds(name: &str) {
 const SCENARIOS_TESTED_ELSEWHERE: [&str; 2] = ["backfill-after-power-outage", "registry-outage"];
 
 /// Every other file in `scenarios/`, each with its own test below.
-const SCENARIOS: [&str; 15] = [
+const SCENARIOS: [&str; 16] = [
     "archive-crash-loop",
     "archive-rebalance",
     "backfill-windows",
+    "capstone",
     "broker-crash",
     "disk-damage",
     "disk-full-long-outage",
@@ -132,6 +133,16 @@ fn archive_rebalance() {
 #[test]
 fn backfill_windows() {
     passes_ci_seeds("backfill-windows");
+}
+
+#[test]
+fn capstone() {
+    passes_ci_seeds("capstone");
+    // The binary runs the embedded copy: it is this file.
+    assert_eq!(
+        soilstream_scenarios::scenario::Scenario::capstone(),
+        load("capstone")
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 mod archive_cmd;
 mod args;
 mod backfill_cmd;
+mod capstone_cmd;
 mod consume_cmd;
 mod gateway_cmd;
 mod qaqc_cmd;
@@ -27,6 +28,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: run the whole pipeline through the course's failure
+    /// demonstration in the simulator (nothing to install), check every
+    /// invariant and write the resilience report (report.md, report.html,
+    /// run.json, charts/).
+    Capstone(capstone_cmd::Args),
     /// Run a field gateway: sample probes into the durable spool and forward
     /// it to the raw topic (runs on embedded defaults without --config).
     Gateway(gateway_cmd::Args),
@@ -78,7 +84,7 @@ fn main() -> ExitCode {
     // world (thousands of them): the summary says what matters, so they are
     // off unless SOILSTREAM_LOG asks for them.
     init_tracing(match cli.command {
-        Command::Sim(_) => "warn,soilstream=off,soilstream_sim=off",
+        Command::Sim(_) | Command::Capstone(_) => "warn,soilstream=off,soilstream_sim=off",
         _ => "info",
     });
     let result: anyhow::Result<ExitCode> = match cli.command {
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
         Command::Spool(args) => spool_cmd::run(args),
         Command::Registry(args) => block_on(registry_cmd::run(args)),
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Capstone(args) => capstone_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,7 @@
 //! `soilstream sim run`: play a scenario in the deterministic simulator.
 
 use anyhow::Context;
-use soilstream_scenarios::runner::{RunOptions, RunResult, run_scenario};
+use soilstream_scenarios::runner::{RunOptions, RunResult, run_scenario, run_scenario_with_progress};
 use soilstream_scenarios::scenario::Scenario;
 use soilstream_scenarios::world::PlantedBug;
 use std::io::Write;
@@ -39,6 +39,11 @@ struct RunArgs {
     /// cursor-before-delivery, truncate-at-first-bad-crc, skip-segment-sync-dir.
     #[arg(long, value_parser = parse_planted_bug, default_value = "none")]
     planted_bug: PlantedBug,
+    /// Write the resilience report (report.md, report.html, run.json,
+    /// charts/) of the run into this directory (one seed; for a directory
+    /// of scenarios, one subdirectory per scenario).
+    #[arg(long, conflicts_with = "seeds")]
+    report: Option<PathBuf>,
 }
 
 fn parse_seed_range(text: &str) -> Result<RangeInclusive<u64>, String> {
@@ -57,7 +62,8 @@ fn parse_seed_range(text: &str) -> Result<RangeInclusive<u64>, String> {
     Ok(a..=b)
 }
 
-fn parse_planted_bug(text: &str) -> Result<PlantedBug, String> {
+/// Parses a `--planted-bug` value.
+pub fn parse_planted_bug(text: &str) -> Result<PlantedBug, String> {
     PlantedBug::parse(text).ok_or_else(|| {
         let names: Vec<_> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
         format!("unknown bug `{text}`; one of: none, {}", names.join(", "))
@@ -72,11 +78,82 @@ fn reproduce_command(args: &RunArgs, file: &std::path::Path, seed: u64) -> Strin
     command
 }
 
+/// Runs `scenario` with a progress display on stderr: a bar on a
+/// terminal, a plain line every tenth of the scripted time otherwise.
+pub fn run_with_progress(scenario: &Scenario, seed: u64, planted: PlantedBug) -> RunResult {
+    use std::io::IsTerminal;
+    let options = RunOptions { seed, planted };
+    let planned_s = (scenario.duration_s).max(1);
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(planned_s),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        let style = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} simulated s {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        let result = run_scenario_with_progress(scenario, options, &mut |p| {
+            let at_s = p.simulated_ms / 1_000;
+            if at_s > bar.length().unwrap_or(0) {
+                bar.set_length(at_s);
+            }
+            bar.set_position(at_s);
+            bar.set_message(p.phase.name());
+        });
+        bar.finish_and_clear();
+        result
+    } else {
+        let mut next_tenth = 1;
+        let mut last_phase = None;
+        run_scenario_with_progress(scenario, options, &mut |p| {
+            let tenth = p.simulated_ms * 10 / (planned_s * 1_000);
+            if tenth >= next_tenth || last_phase != Some(p.phase) {
+                eprintln!(
+                    "progress: {:.1} of {:.1} simulated h ({})",
+                    p.simulated_ms as f64 / 3_600_000.0,
+                    planned_s as f64 / 3_600.0,
+                    p.phase.name()
+                );
+                next_tenth = tenth + 1;
+                last_phase = Some(p.phase);
+            }
+        })
+    }
+}
+
+/// Builds the report of a simulated run and writes it into `dir`.
+pub fn write_run_report(
+    scenario: &Scenario,
+    result: &RunResult,
+    command: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<soilstream_reports::Report> {
+    let report = soilstream_reports::build_report(
+        scenario,
+        result,
+        &soilstream_reports::RunContext {
+            world: soilstream_reports::WorldKind::Sim,
+            command: command.to_owned(),
+            wall_clock: None,
+        },
+    );
+    soilstream_reports::write_report(&report, dir)?;
+    Ok(report)
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         SimCommand::Run(args) => run_files(&args),
     }
+}
+
+/// How many scenario files the run covers.
+fn files_in_run(args: &RunArgs) -> usize {
+    scenario_files(&args.file).map_or(1, |f| f.len())
 }
 
 /// The scenario files `path` names: itself, or the scenarios in a directory.
@@ -167,6 +244,22 @@ fn run_scenarios(args: &RunArgs, file: &std::path::Path) -> anyhow::Result<ExitC
         );
         simulated_ms += result.simulated_ms;
         wall_ms += result.wall_ms;
+        if let Some(dir) = &args.report {
+            let dir = if files_in_run(args) > 1 {
+                dir.join(&scenario.name)
+            } else {
+                dir.clone()
+            };
+            let mut command = reproduce_command(args, file, seed);
+            command.push_str(&format!(" --report {}", dir.display()));
+            let report = write_run_report(&scenario, &result, &command, &dir)?;
+            eprintln!(
+                "report: {} ({}; open {} in a browser)",
+                dir.join("report.md").display(),
+                report.verdict.name(),
+                dir.join("report.html").display()
+            );
+        }
         if single {
             write!(stdout, "{}", result.summary())?;
         } else {
