@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod model;
 pub mod qaqc;
+pub mod redact;
 pub mod registry;
 pub mod source;
 pub mod spool;

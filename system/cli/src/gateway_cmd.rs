@@ -121,10 +121,7 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.effective_config()?;
     if args.print_config {
-        print!(
-            "{}",
-            toml::to_string_pretty(&config).context("rendering the configuration")?
-        );
+        print!("{}", config.to_redacted_toml());
         return Ok(ExitCode::SUCCESS);
     }
     // Two gateways on one spool would corrupt it.

@@ -88,10 +88,7 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.effective_config()?;
     if args.print_config {
-        print!(
-            "{}",
-            toml::to_string_pretty(&config).context("rendering the configuration")?
-        );
+        print!("{}", config.to_redacted_toml());
         return Ok(ExitCode::SUCCESS);
     }
     let settings = config.settings();

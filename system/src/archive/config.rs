@@ -11,8 +11,7 @@ use std::path::Path;
 /// The default configuration file, embedded in the binary.
 pub const DEFAULT_ARCHIVE_CONFIG_TOML: &str = include_str!("../../../examples/archive.toml");
 
-/// What a redacted secret prints as.
-pub const REDACTED: &str = "<redacted>";
+pub use crate::redact::REDACTED;
 
 /// The whole archive configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,8 +320,8 @@ impl ArchiveFileConfig {
         let mut printable = self.clone();
         printable.store = self.store.redacted();
         printable.kafka = self.kafka.redacted();
-        toml::to_string_pretty(&printable)
-            .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+        printable.registry = self.registry.redacted();
+        crate::redact::printable_toml(&printable)
     }
 }
 

@@ -169,6 +169,15 @@ pub struct RegistryConfig {
     pub url: Option<String>,
 }
 
+impl RegistryConfig {
+    /// A copy fit for printing: credentials in the URL redacted.
+    pub fn redacted(&self) -> Self {
+        Self {
+            url: self.url.as_deref().map(crate::redact::redact_url),
+        }
+    }
+}
+
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -217,6 +226,15 @@ pub enum ConfigError {
 }
 
 impl GatewayFileConfig {
+    /// The configuration as TOML with every secret redacted (librdkafka
+    /// credentials, user information in URLs): what `--print-config` shows.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut printable = self.clone();
+        printable.kafka = self.kafka.redacted();
+        printable.registry = self.registry.redacted();
+        crate::redact::printable_toml(&printable)
+    }
+
     /// The embedded defaults.
     pub fn embedded_defaults() -> Self {
         Self::parse(DEFAULT_CONFIG_TOML, "embedded defaults").expect("embedded defaults are valid")

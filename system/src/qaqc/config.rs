@@ -330,6 +330,15 @@ impl QaqcSettings {
 }
 
 impl QaqcFileConfig {
+    /// The configuration as TOML with every secret redacted (librdkafka
+    /// credentials, user information in URLs): what `--print-config` shows.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut printable = self.clone();
+        printable.kafka = self.kafka.redacted();
+        printable.registry = self.registry.redacted();
+        crate::redact::printable_toml(&printable)
+    }
+
     /// The embedded defaults.
     pub fn embedded_defaults() -> Self {
         Self::parse(DEFAULT_QAQC_CONFIG_TOML, "embedded defaults").expect("embedded qaqc defaults are valid")

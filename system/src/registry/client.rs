@@ -93,7 +93,7 @@ impl Default for HttpRegistryClientConfig {
 
 /// A registry URL this client cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid registry URL `{url}`: {reason}")]
+#[error("invalid registry URL `{}`: {reason}", crate::redact::redact_url(url))]
 pub struct InvalidRegistryUrl {
     /// The URL.
     pub url: String,

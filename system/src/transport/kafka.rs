@@ -111,13 +111,13 @@ impl KafkaClientConfig {
     /// (passwords, keys, secrets, JAAS configs, tokens) are `<redacted>`.
     pub fn redacted(&self) -> Self {
         Self {
-            bootstrap_servers: self.bootstrap_servers.clone(),
+            bootstrap_servers: crate::redact::redact_url(&self.bootstrap_servers),
             properties: self
                 .properties
                 .iter()
                 .map(|(k, v)| {
                     let shown = if is_secret_property(k) {
-                        "<redacted>".to_string()
+                        REDACTED.to_string()
                     } else {
                         v.clone()
                     };
@@ -125,6 +125,23 @@ impl KafkaClientConfig {
                 })
                 .collect(),
         }
+    }
+
+    /// `text` with the value of every secret property replaced by
+    /// `<redacted>` (librdkafka's configuration errors quote the value).
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (key, value) in &self.properties {
+            if is_secret_property(key) && !value.is_empty() {
+                out = out.replace(value.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// A setup error from an rdkafka error, scrubbed of secrets.
+    pub(crate) fn setup_error(&self, error: impl fmt::Display) -> KafkaSetupError {
+        KafkaSetupError::Config(self.scrub(&error.to_string()))
     }
 
     /// Builds an rdkafka configuration: `defaults`, then the bootstrap
@@ -163,7 +180,7 @@ impl fmt::Debug for KafkaClientConfig {
             .iter()
             .map(|(k, v)| {
                 let shown = if is_secret_property(k) {
-                    "<redacted>"
+                    REDACTED
                 } else {
                     v.as_str()
                 };
@@ -177,12 +194,7 @@ impl fmt::Debug for KafkaClientConfig {
     }
 }
 
-fn is_secret_property(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "secret", "key.pem", "jaas", "token"]
-        .iter()
-        .any(|needle| key.contains(needle))
-}
+use crate::redact::{REDACTED, is_secret_property};
 
 /// Why a Kafka client or topic could not be set up.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -497,7 +509,7 @@ impl KafkaProducer {
         };
         let producer = client_config
             .create_with_context(context)
-            .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+            .map_err(|e| config.setup_error(e))?;
         Ok(Self { producer, counters })
     }
 
@@ -652,7 +664,7 @@ impl KafkaConsumer {
         client_config.set("group.id", group_id);
         let consumer: StreamConsumer<LoggingContext> = client_config
             .create_with_context(LoggingContext)
-            .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+            .map_err(|e| config.setup_error(e))?;
         Ok(Self {
             consumer: Arc::new(consumer),
             assigned_topic: None,
@@ -928,7 +940,7 @@ pub async fn topic_retention_ms(
     let client_config = config.client_config(&[], &["bootstrap.servers", "metadata.broker.list"])?;
     let admin: AdminClient<LoggingContext> = client_config
         .create_with_context(LoggingContext)
-        .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+        .map_err(|e| config.setup_error(e))?;
     let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
     let options = AdminOptions::new().request_timeout(Some(timeout));
     let results = admin
@@ -992,7 +1004,7 @@ pub async fn ensure_topics(
     let client_config = config.client_config(&[], &["bootstrap.servers", "metadata.broker.list"])?;
     let admin: AdminClient<LoggingContext> = client_config
         .create_with_context(LoggingContext)
-        .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+        .map_err(|e| config.setup_error(e))?;
     let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
     let options = AdminOptions::new()
         .request_timeout(Some(timeout))

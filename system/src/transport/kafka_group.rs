@@ -802,7 +802,7 @@ impl KafkaGroupConsumer {
         };
         let member: BaseConsumer<MemberContext> = client_config
             .create_with_context(context)
-            .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+            .map_err(|e| config.setup_error(e))?;
         // Checks that data consumers can be created with this configuration.
         let data = KafkaConsumer::new(config, group_id)?;
         Ok(Self {
