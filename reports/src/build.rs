@@ -7,7 +7,7 @@
 use crate::format::{clock, count, duration, maybe_duration};
 use crate::model::*;
 use soilstream_scenarios::checker::AnomalyKind;
-use soilstream_scenarios::observe::{Observations, Origin, RawPoint, Sample};
+use soilstream_scenarios::observe::{Observations, ObservedTopic, Origin, RawPoint, Sample};
 use soilstream_scenarios::runner::RunResult;
 use soilstream_scenarios::scenario::{Fault, Scenario};
 use soilstream_scenarios::world::PlantedBug;
@@ -116,7 +116,7 @@ pub fn build_report(scenario: &Scenario, run: &RunResult, context: &RunContext) 
             },
             command: context.command.clone(),
             run_ms: run.simulated_ms,
-            epoch: "2026-05-01T00:00:00Z".to_owned(),
+            epoch: rfc3339(obs.epoch_ms),
             digest: format!("{:016x}", run.digest),
             sample_interval_ms: obs.interval_ms,
         },
@@ -134,6 +134,12 @@ pub fn build_report(scenario: &Scenario, run: &RunResult, context: &RunContext) 
         series,
         wall_clock: context.wall_clock.clone(),
     }
+}
+
+/// A time in ms since the Unix epoch as RFC 3339 (UTC).
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map_or_else(|_| format!("{ms} ms since the Unix epoch"), |t| t.to_string())
 }
 
 /// The smallest of 1, 2, 5 × 10^k s (or a multiple of an hour) at least `ms`.
@@ -184,11 +190,6 @@ fn lag_percentiles(raw: &[RawPoint], origin: Origin) -> LagPercentiles {
 fn at_time(samples: &[Sample], at_ms: u64, value: impl Fn(&Sample) -> i64) -> i64 {
     let index = samples.partition_point(|s| s.at_ms <= at_ms);
     index.checked_sub(1).map_or(0, |i| value(&samples[i]))
-}
-
-/// Index of an observed topic by its suffix (`clean`, `quarantine`, ...).
-fn topic_index(obs: &Observations, suffix: &str) -> Option<usize> {
-    obs.topics.iter().position(|t| t.ends_with(suffix))
 }
 
 fn series(scenario: &Scenario, run: &RunResult, end_ms: u64, bin_ms: u64) -> Series {
@@ -244,38 +245,28 @@ fn series(scenario: &Scenario, run: &RunResult, end_ms: u64, bin_ms: u64) -> Ser
         .collect();
 
     // Throughput per bin.
-    let clean = topic_index(obs, "clean");
+    let clean = obs.topic_index(ObservedTopic::Clean);
     let total = |at: u64, which: &dyn Fn(&Sample) -> i64| at_time(&obs.samples, at, which);
-    let raw_total = |s: &Sample| s.topic_total(0);
+    let raw_total = |s: &Sample| s.topic_total(ObservedTopic::Raw.index());
     let clean_total = |s: &Sample| clean.map_or(0, |c| s.topic_total(c));
     let archived_total = |s: &Sample| s.archived_total();
     let mut throughput = Vec::new();
     let mut at = 0;
     while at < end_ms {
         let next = at + bin_ms;
-        let diff = |which: &dyn Fn(&Sample) -> i64| {
-            (total(next.min(end_ms), which) - total(at.saturating_sub(1), which)).max(0) as u64
+        // What the bin added: the count at its end less the count before it.
+        let added = |which: &dyn Fn(&Sample) -> i64| {
+            let before = if at == 0 { 0 } else { total(at - 1, which) };
+            (total(next.min(end_ms), which) - before).max(0) as u64
         };
         let lo = obs.sampled_at_ms.partition_point(|t| *t < at);
         let hi = obs.sampled_at_ms.partition_point(|t| *t < next);
         throughput.push(ThroughputBin {
             at_ms: at,
             sampled: (hi - lo) as u64,
-            delivered: if at == 0 {
-                total(next.min(end_ms), &raw_total).max(0) as u64
-            } else {
-                diff(&raw_total)
-            },
-            clean: if at == 0 {
-                total(next.min(end_ms), &clean_total).max(0) as u64
-            } else {
-                diff(&clean_total)
-            },
-            archived: if at == 0 {
-                total(next.min(end_ms), &archived_total).max(0) as u64
-            } else {
-                diff(&archived_total)
-            },
+            delivered: added(&raw_total),
+            clean: added(&clean_total),
+            archived: added(&archived_total),
         });
         at = next;
     }
@@ -476,12 +467,15 @@ impl Effect {
     }
 
     fn value(self, obs: &Observations, s: &Sample) -> Option<i64> {
-        let clean = topic_index(obs, "clean");
-        let quarantine = topic_index(obs, "quarantine");
+        let clean = obs.topic_index(ObservedTopic::Clean);
+        let quarantine = obs.topic_index(ObservedTopic::Quarantine);
         Some(match self {
             Effect::Spool(g) => *s.spool_depth_records.get(g)? as i64,
             Effect::Spools => s.spool_depth_total() as i64,
-            Effect::QaqcLag => (s.topic_total(0) - s.topic_total(clean?) - s.topic_total(quarantine?)).max(0),
+            Effect::QaqcLag => (s.topic_total(ObservedTopic::Raw.index())
+                - s.topic_total(clean?)
+                - s.topic_total(quarantine?))
+            .max(0),
             Effect::ArchiveLag => (s.topic_total(clean?) - s.archived_total()).max(0),
             Effect::Quarantined => s.topic_total(quarantine?),
             Effect::Applied => return None,
@@ -680,11 +674,13 @@ fn demo_steps(scenario: &Scenario, run: &RunResult, faults: &[FaultRow]) -> Vec<
         .map(|f| f.start_s() * 1_000)
         .min()
         .unwrap_or(end_ms);
-    let clean = topic_index(obs, "clean");
+    let clean = obs.topic_index(ObservedTopic::Clean);
     let mut steps = Vec::new();
 
     // 1. Steady flow end to end.
-    let delivered = at_time(&obs.samples, first_fault_ms, |s| s.topic_total(0));
+    let delivered = at_time(&obs.samples, first_fault_ms, |s| {
+        s.topic_total(ObservedTopic::Raw.index())
+    });
     let cleaned = clean.map(|c| at_time(&obs.samples, first_fault_ms, |s| s.topic_total(c)));
     let archived = run
         .archive

@@ -2,7 +2,7 @@
 //! `charts/{file}.svg`) and the HTML (inline).
 
 use crate::format::{clock, count, duration, escape};
-use crate::model::{Completeness, Report, Series};
+use crate::model::{Completeness, Report, ScatterCell, Series};
 use crate::svg::{PALETTE, Plot, WIDTH_PX, YScale, time_step_ms};
 use std::fmt::Write as _;
 
@@ -89,47 +89,31 @@ fn spool_depth(s: &Series) -> Chart {
 }
 
 fn event_time(s: &Series) -> Chart {
-    let (min, max) = s
-        .event_vs_append
-        .iter()
-        .fold((0_i64, s.end_ms as i64), |(lo, hi), c| {
-            (lo.min(c.y_ms), hi.max(c.y_ms + s.event_bin_ms as i64))
-        });
-    let mut plot = Plot::new(
+    let mut plot = scatter_plot(
         "event-time",
         "Event time against broker append time",
         340,
-        s.end_ms,
-        YScale::Time {
-            min_ms: min,
-            max_ms: max,
-        },
+        s,
+        &s.event_vs_append,
+        "event time (h:mm)",
     );
-    plot.bands(&s.bands);
-    plot.axes("event time (h:mm)");
     plot.line(
         &[(0, 0.0), (s.end_ms, s.end_ms as f64)],
         "#999999",
         true,
         "event time = append time",
     );
-    for c in &s.event_vs_append {
+    draw_cells(&mut plot, s, &s.event_vs_append, |c| {
         let colour = if c.series == 0 { LIVE } else { BACKFILL };
-        plot.cell(
-            c.x_ms,
-            c.x_ms + s.bin_ms,
-            c.y_ms as f64,
-            (c.y_ms + s.event_bin_ms as i64) as f64,
-            colour,
-            &format!(
-                "{} records appended {}..{}, event time {}..",
-                count(c.count),
-                clock(c.x_ms as i64),
-                clock((c.x_ms + s.bin_ms) as i64),
-                clock(c.y_ms)
-            ),
+        let title = format!(
+            "{} records appended {}..{}, event time {}..",
+            count(c.count),
+            clock(c.x_ms as i64),
+            clock((c.x_ms + s.bin_ms) as i64),
+            clock(c.y_ms)
         );
-    }
+        (colour, title)
+    });
     plot.legend(&[
         ("live".into(), LIVE, false),
         ("SD-card backfill".into(), BACKFILL, false),
@@ -437,43 +421,27 @@ fn backfill(s: &Series) -> Chart {
 }
 
 fn revised_windows(s: &Series) -> Chart {
-    let (min, max) = s
-        .revised_windows
-        .iter()
-        .fold((0_i64, s.end_ms as i64), |(lo, hi), c| {
-            (lo.min(c.y_ms), hi.max(c.y_ms + s.event_bin_ms as i64))
-        });
-    let mut plot = Plot::new(
+    let mut plot = scatter_plot(
         "windows",
         "Windows corrected by late data",
         300,
-        s.end_ms,
-        YScale::Time {
-            min_ms: min,
-            max_ms: max,
-        },
+        s,
+        &s.revised_windows,
+        "window start (h:mm)",
     );
-    plot.bands(&s.bands);
-    plot.axes("window start (h:mm)");
     let total: u64 = s.revised_windows.iter().map(|c| c.count).sum();
     if s.revised_windows.is_empty() {
         plot.note("no window was revised in this run");
     }
-    for c in &s.revised_windows {
-        plot.cell(
-            c.x_ms,
-            c.x_ms + s.bin_ms,
-            c.y_ms as f64,
-            (c.y_ms + s.event_bin_ms as i64) as f64,
-            "#9467bd",
-            &format!(
-                "{} revisions appended {}.. of windows starting {}..",
-                count(c.count),
-                clock(c.x_ms as i64),
-                clock(c.y_ms)
-            ),
+    draw_cells(&mut plot, s, &s.revised_windows, |c| {
+        let title = format!(
+            "{} revisions appended {}.. of windows starting {}..",
+            count(c.count),
+            clock(c.x_ms as i64),
+            clock(c.y_ms)
         );
-    }
+        ("#9467bd", title)
+    });
     plot.legend(&[("window revision".into(), "#9467bd", false)]);
     Chart {
         id: "windows",
@@ -486,5 +454,44 @@ fn revised_windows(s: &Series) -> Chart {
             count(total)
         ),
         svg: plot.finish(),
+    }
+}
+
+/// A binned scatter on the shared time axis (x: append time), its y axis the
+/// times `cells` span (and at least the run), with the fault bands and axes.
+fn scatter_plot(
+    id: &str,
+    title: &str,
+    height_px: u32,
+    s: &Series,
+    cells: &[ScatterCell],
+    y_label: &str,
+) -> Plot {
+    let (min_ms, max_ms) = cells.iter().fold((0_i64, s.end_ms as i64), |(lo, hi), c| {
+        (lo.min(c.y_ms), hi.max(c.y_ms + s.event_bin_ms as i64))
+    });
+    let mut plot = Plot::new(id, title, height_px, s.end_ms, YScale::Time { min_ms, max_ms });
+    plot.bands(&s.bands);
+    plot.axes(y_label);
+    plot
+}
+
+/// Draws each cell of a binned scatter, `style` giving its colour and title.
+fn draw_cells(
+    plot: &mut Plot,
+    s: &Series,
+    cells: &[ScatterCell],
+    style: impl Fn(&ScatterCell) -> (&'static str, String),
+) {
+    for c in cells {
+        let (colour, title) = style(c);
+        plot.cell(
+            c.x_ms,
+            c.x_ms + s.bin_ms,
+            c.y_ms as f64,
+            (c.y_ms + s.event_bin_ms as i64) as f64,
+            colour,
+            &title,
+        );
     }
 }

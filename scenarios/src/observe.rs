@@ -130,6 +130,36 @@ impl Recorder {
     }
 }
 
+/// The topics a run observes, in sample order: raw always, the qaqc
+/// outputs only in a world with qaqc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedTopic {
+    /// The raw topic.
+    Raw,
+    /// qaqc's clean readings.
+    Clean,
+    /// qaqc's quarantine.
+    Quarantine,
+    /// qaqc's window aggregates.
+    Aggregates,
+}
+
+impl ObservedTopic {
+    /// Every observed topic, in sample order.
+    pub const ALL: [ObservedTopic; 4] = [
+        ObservedTopic::Raw,
+        ObservedTopic::Clean,
+        ObservedTopic::Quarantine,
+        ObservedTopic::Aggregates,
+    ];
+
+    /// Its index in a sample's `high_watermarks`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Where a raw record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,10 +217,12 @@ pub struct HourCell {
 pub struct Observations {
     /// The sampling interval at the end of the run, ms.
     pub interval_ms: u64,
+    /// The world's epoch (time 0 of every series), ms since the Unix epoch.
+    pub epoch_ms: i64,
     /// Live gateways, in sample order.
     pub gateways: Vec<String>,
-    /// Observed topics, in sample order: raw, then (with qaqc) clean,
-    /// quarantine, aggregates.
+    /// Observed topics' names, in [`ObservedTopic::ALL`] order (the raw
+    /// topic only, without qaqc).
     pub topics: Vec<String>,
     /// The samples.
     pub samples: Vec<Sample>,
@@ -215,7 +247,7 @@ pub struct ObservedRun<'a> {
     pub epoch_ms: i64,
     /// Live gateways' ids, in sample order.
     pub gateways: Vec<String>,
-    /// Observed topics, in sample order.
+    /// Observed topics' names, in [`ObservedTopic::ALL`] order.
     pub topics: Vec<String>,
     /// The recorder of the run.
     pub recorder: Recorder,
@@ -230,6 +262,11 @@ pub struct ObservedRun<'a> {
 }
 
 impl Observations {
+    /// The index of `topic` in the samples, if the run observed it.
+    pub fn topic_index(&self, topic: ObservedTopic) -> Option<usize> {
+        (topic.index() < self.topics.len()).then_some(topic.index())
+    }
+
     /// Joins the samples with the topics and the ledger.
     pub fn build(run: ObservedRun<'_>) -> Self {
         let samples = run.recorder.samples().to_vec();
@@ -245,13 +282,14 @@ impl Observations {
                 Origin::Live
             };
             raw.push(RawPoint {
-                appended_at_ms: times.at(0, record.partition, record.offset),
+                appended_at_ms: times.at(ObservedTopic::Raw.index(), record.partition, record.offset),
                 event_ms: reading.event_time_ms - run.epoch_ms,
                 origin,
                 first_copy: seen.insert(reading.id()),
             });
         }
-        let aggregates_topic = run.topics.iter().position(|t| t.ends_with("aggregates"));
+        let aggregates_topic = (ObservedTopic::Aggregates.index() < run.topics.len())
+            .then_some(ObservedTopic::Aggregates.index());
         let revised_windows = run
             .aggregates
             .iter()
@@ -302,6 +340,7 @@ impl Observations {
         sampled_at_ms.sort_unstable();
         Self {
             interval_ms: run.recorder.interval_ms(),
+            epoch_ms: run.epoch_ms,
             gateways: run.gateways,
             topics: run.topics,
             samples,

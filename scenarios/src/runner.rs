@@ -11,7 +11,7 @@ use crate::archived::{ArchiveCheckOptions, ArchiveCheckReport, check_archive};
 use crate::backfill::{self, BackfillReport};
 use crate::checker::{CheckOptions, CheckReport, check_topic};
 use crate::downstream::{DownstreamReport, DownstreamTopics, check_downstream};
-use crate::observe::{Observations, ObservedRun, Recorder, Sample, sample_interval_ms};
+use crate::observe::{Observations, ObservedRun, ObservedTopic, Recorder, Sample, sample_interval_ms};
 use crate::scenario::{Scenario, Stage};
 use crate::stage::StageHost;
 use crate::timeline::{Action, TimedAction, expand};
@@ -587,58 +587,76 @@ fn all_drained(world: &mut World<'_>) -> bool {
         && sim.is_host_running(BROKER_HOST)
 }
 
-/// Samples the world into `recorder` when a sample is due: spool depths,
-/// the observed topics' high watermarks, the archive's reach.
-fn observe(world: &World<'_>, recorder: &mut Recorder, topics: &[String], partitions: u32) -> bool {
-    let now_ms = world.sim.elapsed().as_millis() as u64;
-    if !recorder.due(now_ms) {
-        return false;
-    }
-    sample_now(world, recorder, topics, partitions);
-    true
+/// Watches a run: samples the world into the recorder at its interval
+/// (spool depths and boots, the observed topics' high watermarks, the
+/// archive's reach) and reports progress at each sample.
+struct Watch<'p> {
+    recorder: Recorder,
+    topics: Vec<String>,
+    partitions: u32,
+    planned_ms: u64,
+    progress: &'p mut dyn FnMut(RunProgress),
 }
 
-/// Samples the world into `recorder` now.
-fn sample_now(world: &World<'_>, recorder: &mut Recorder, topics: &[String], partitions: u32) {
-    let now_ms = world.sim.elapsed().as_millis() as u64;
-    if recorder.samples().last().is_some_and(|s| s.at_ms == now_ms) {
-        return;
-    }
-    let high_watermarks = topics
-        .iter()
-        .map(|topic| {
-            world
-                .broker
-                .observer
-                .with_core(|core| {
-                    (0..partitions as i32)
-                        .map(|p| core.high_watermark(topic, p))
-                        .collect::<Option<Vec<i64>>>()
-                })
-                .flatten()
-                .unwrap_or_default()
-        })
-        .collect();
-    let archived_next = match world.archive.first() {
-        Some(handles) => {
-            let progress = handles.progress.borrow();
-            (0..partitions as i32)
-                .map(|p| progress.archived_next.get(&p).copied().unwrap_or(0))
-                .collect()
+impl Watch<'_> {
+    /// Samples the world if a sample is due, and reports progress then.
+    fn tick(&mut self, world: &World<'_>, phase: Phase) {
+        let now_ms = world.sim.elapsed().as_millis() as u64;
+        if !self.recorder.due(now_ms) {
+            return;
         }
-        None => Vec::new(),
-    };
-    recorder.record(Sample {
-        at_ms: now_ms,
-        spool_depth_records: world
-            .gateways
+        self.sample_now(world);
+        (self.progress)(RunProgress {
+            phase,
+            simulated_ms: now_ms,
+            planned_ms: self.planned_ms,
+        });
+    }
+
+    /// Samples the world now (once per instant).
+    fn sample_now(&mut self, world: &World<'_>) {
+        let now_ms = world.sim.elapsed().as_millis() as u64;
+        if self.recorder.samples().last().is_some_and(|s| s.at_ms == now_ms) {
+            return;
+        }
+        let partitions = self.partitions as i32;
+        let high_watermarks = self
+            .topics
             .iter()
-            .map(|g| g.metrics.spool_depth_records.get().max(0) as u64)
-            .collect(),
-        gateway_boots: world.gateways.iter().map(|g| g.boots.get()).collect(),
-        high_watermarks,
-        archived_next,
-    });
+            .map(|topic| {
+                world
+                    .broker
+                    .observer
+                    .with_core(|core| {
+                        (0..partitions)
+                            .map(|p| core.high_watermark(topic, p))
+                            .collect::<Option<Vec<i64>>>()
+                    })
+                    .flatten()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let archived_next = match world.archive.first() {
+            Some(handles) => {
+                let progress = handles.progress.borrow();
+                (0..partitions)
+                    .map(|p| progress.archived_next.get(&p).copied().unwrap_or(0))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        self.recorder.record(Sample {
+            at_ms: now_ms,
+            spool_depth_records: world
+                .gateways
+                .iter()
+                .map(|g| g.metrics.spool_depth_records.get().max(0) as u64)
+                .collect(),
+            gateway_boots: world.gateways.iter().map(|g| g.boots.get()).collect(),
+            high_watermarks,
+            archived_next,
+        });
+    }
 }
 
 /// What a run is doing, for progress displays.
@@ -700,17 +718,27 @@ pub fn run_scenario_with_progress(
     let mut events = Vec::new();
     let mut next_action = 0;
     let mut drained_at_ms: Option<u64> = None;
-    let observed_partitions = scenario.topology.partitions;
     let qaqc_topics = crate::qaqc::settings(scenario, 0, PlantedBug::None).topics;
-    let mut observed_topics = vec![RAW_TOPIC.to_owned()];
-    if !world.qaqc.is_empty() {
-        observed_topics.extend([
-            qaqc_topics.clean.clone(),
-            qaqc_topics.quarantine.clone(),
-            qaqc_topics.aggregates.clone(),
-        ]);
-    }
-    let mut recorder = Recorder::new(sample_interval_ms(run_until_ms, tick_ms));
+    let observed = if world.qaqc.is_empty() {
+        &ObservedTopic::ALL[..1]
+    } else {
+        &ObservedTopic::ALL[..]
+    };
+    let mut watch = Watch {
+        recorder: Recorder::new(sample_interval_ms(run_until_ms, tick_ms)),
+        topics: observed
+            .iter()
+            .map(|topic| match topic {
+                ObservedTopic::Raw => RAW_TOPIC.to_owned(),
+                ObservedTopic::Clean => qaqc_topics.clean.clone(),
+                ObservedTopic::Quarantine => qaqc_topics.quarantine.clone(),
+                ObservedTopic::Aggregates => qaqc_topics.aggregates.clone(),
+            })
+            .collect(),
+        partitions: scenario.topology.partitions,
+        planned_ms: run_until_ms,
+        progress,
+    };
 
     // Phase 1: run the timeline, then wait for the drain.
     loop {
@@ -772,13 +800,7 @@ pub fn run_scenario_with_progress(
                 world.sim.crash(handles.host.name.as_str());
             }
         }
-        if observe(&world, &mut recorder, &observed_topics, observed_partitions) {
-            progress(RunProgress {
-                phase: Phase::Timeline,
-                simulated_ms: world.sim.elapsed().as_millis() as u64,
-                planned_ms: run_until_ms,
-            });
-        }
+        watch.tick(&world, Phase::Timeline);
         if let Err(e) = world.sim.step() {
             failures.push(format!("simulation error: {e}"));
             break;
@@ -817,13 +839,7 @@ pub fn run_scenario_with_progress(
             failures.push(format!("gateways did not stop: {running:?}"));
             break;
         }
-        if observe(&world, &mut recorder, &observed_topics, observed_partitions) {
-            progress(RunProgress {
-                phase: Phase::GatewaysStopping,
-                simulated_ms: world.sim.elapsed().as_millis() as u64,
-                planned_ms: run_until_ms,
-            });
-        }
+        watch.tick(&world, Phase::GatewaysStopping);
         if let Err(e) = world.sim.step() {
             failures.push(format!("simulation error while stopping: {e}"));
             break;
@@ -874,13 +890,7 @@ pub fn run_scenario_with_progress(
                 ));
                 break;
             }
-            if observe(&world, &mut recorder, &observed_topics, observed_partitions) {
-                progress(RunProgress {
-                    phase: Phase::QaqcCatchingUp,
-                    simulated_ms: world.sim.elapsed().as_millis() as u64,
-                    planned_ms: run_until_ms,
-                });
-            }
+            watch.tick(&world, Phase::QaqcCatchingUp);
             if let Err(e) = world.sim.step() {
                 failures.push(format!("simulation error while qaqc caught up: {e}"));
                 break;
@@ -920,13 +930,7 @@ pub fn run_scenario_with_progress(
                 ));
                 break;
             }
-            if observe(&world, &mut recorder, &observed_topics, observed_partitions) {
-                progress(RunProgress {
-                    phase: Phase::ArchiveCatchingUp,
-                    simulated_ms: world.sim.elapsed().as_millis() as u64,
-                    planned_ms: run_until_ms,
-                });
-            }
+            watch.tick(&world, Phase::ArchiveCatchingUp);
             if let Err(e) = world.sim.step() {
                 failures.push(format!("simulation error while the archive caught up: {e}"));
                 break;
@@ -1283,13 +1287,13 @@ pub fn run_scenario_with_progress(
     digest.u64(world.broker.observer.state_digest().unwrap_or(0));
     let simulated_ms = world.sim.elapsed().as_millis() as u64;
     // A last sample: the state the checker read.
-    sample_now(&world, &mut recorder, &observed_topics, observed_partitions);
+    watch.sample_now(&world);
     let observations = Observations::build(ObservedRun {
         scenario,
         epoch_ms: world::EPOCH_MS,
         gateways: world.gateways.iter().map(|g| g.name.clone()).collect(),
-        topics: observed_topics,
-        recorder,
+        topics: watch.topics,
+        recorder: watch.recorder,
         raw: &records,
         decoded: &decoded,
         aggregates: downstream_topics

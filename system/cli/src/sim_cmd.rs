@@ -151,11 +151,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// How many scenario files the run covers.
-fn files_in_run(args: &RunArgs) -> usize {
-    scenario_files(&args.file).map_or(1, |f| f.len())
-}
-
 /// The scenario files `path` names: itself, or the scenarios in a directory.
 fn scenario_files(path: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
     if !path.is_dir() {
@@ -180,7 +175,7 @@ fn run_files(args: &RunArgs) -> anyhow::Result<ExitCode> {
         if files.len() > 1 {
             println!("== {}", file.display());
         }
-        if run_scenarios(args, file)? != ExitCode::SUCCESS {
+        if run_scenarios(args, file, files.len() > 1)? != ExitCode::SUCCESS {
             failed.push(file.display().to_string());
         }
     }
@@ -221,7 +216,9 @@ fn one_line(result: &RunResult) -> String {
     )
 }
 
-fn run_scenarios(args: &RunArgs, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+/// Runs one scenario file over the seeds; `one_of_many` puts its report in a
+/// subdirectory named after the scenario.
+fn run_scenarios(args: &RunArgs, file: &std::path::Path, one_of_many: bool) -> anyhow::Result<ExitCode> {
     let scenario = Scenario::load(file).with_context(|| "loading the scenario")?;
     let seeds = match (&args.seed, &args.seeds) {
         (Some(seed), None) => *seed..=*seed,
@@ -245,7 +242,7 @@ fn run_scenarios(args: &RunArgs, file: &std::path::Path) -> anyhow::Result<ExitC
         simulated_ms += result.simulated_ms;
         wall_ms += result.wall_ms;
         if let Some(dir) = &args.report {
-            let dir = if files_in_run(args) > 1 {
+            let dir = if one_of_many {
                 dir.join(&scenario.name)
             } else {
                 dir.clone()
