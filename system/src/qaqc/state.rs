@@ -328,9 +328,17 @@ impl PartitionState {
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for (record, decoded) in batch {
             debug_assert_eq!(record.partition, self.partition);
-            debug_assert!(record.offset > self.last_src_offset, "offsets move forward");
-            self.last_src_offset = record.offset;
             ctx.metrics.records_in.inc();
+            if record.offset <= self.last_src_offset {
+                // Read again after a rebuild from a checkpoint newer than the
+                // group's commit (the commit failed as the broker went away,
+                // the checkpoint was already written): the checkpoint holds
+                // this record's effect, and a checkpoint is written only once
+                // every output of the records it holds is acknowledged.
+                ctx.metrics.replayed_skipped.inc();
+                continue;
+            }
+            self.last_src_offset = record.offset;
             if self.quarantined_offsets.contains(&record.offset) {
                 ctx.metrics.replayed_skipped.inc();
                 continue;
