@@ -9,6 +9,11 @@
 //! | [`FaultProxy`] | loopback TCP proxy: pass, cut (reset all connections, refuse new ones), blackhole (accept, swallow, never answer), per-direction latency, restore |
 //! | [`ChildProcess`] | any binary (e.g. the `soilstream` gateway) with its output in a log file: kill -9, SIGTERM with a deadline, wait, pause/resume, restart |
 //!
+//! [`pipeline`] is the real world's scenario runner (`soilstream capstone
+//! --world real`): a scenario played against the broker, the registry and
+//! every component as `soilstream` processes, judged by the simulator's
+//! judge, observed for the same report.
+//!
 //! Everything here is real-world only: threads, wall-clock time and real
 //! sockets are fine. The API is synchronous so it can be used from plain
 //! `#[test]`s and from `#[tokio::test]`s alike (the proxy runs its own runtime
@@ -28,7 +33,8 @@
 
 pub mod docker;
 mod error;
-mod process;
+pub mod pipeline;
+pub(crate) mod process;
 mod proxy;
 mod tansu;
 mod wait;
@@ -39,7 +45,7 @@ pub use docker::{
     build_soilstream_image, build_tansu_image,
 };
 pub use error::FixtureError;
-pub use process::{ChildProcess, ChildSpec, Termination};
+pub use process::{ChildProcess, ChildSpec, START_BANNER, Termination};
 pub use proxy::{FaultProxy, ProxyMode, ProxyStats};
 pub use tansu::{TANSU_ENV, TANSU_INSTALL_HINT, TansuBroker, TansuConfig, TansuStorage, find_tansu};
 pub use wait::{free_loopback_port, wait_until};

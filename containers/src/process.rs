@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 /// Interval between two checks of whether the child exited, in ms.
 const EXIT_POLL_INTERVAL_MS: u64 = 10;
 
+/// What the fixture writes into the log before every start (followed by
+/// the program and its arguments): what belongs to the current incarnation
+/// comes after the last one.
+pub const START_BANNER: &str = "--- soilstream-containers: starting";
+
 /// Bytes of log included in error messages.
 pub(crate) const LOG_TAIL_BYTES: u64 = 4_096;
 
@@ -293,11 +298,7 @@ fn start(spec: &ChildSpec) -> Result<Child, FixtureError> {
         .append(true)
         .open(&spec.log_path)
         .map_err(|e| FixtureError::io(format!("opening log {}", spec.log_path.display()), e))?;
-    let banner = format!(
-        "--- soilstream-containers: starting {} {:?}\n",
-        spec.program.display(),
-        spec.args
-    );
+    let banner = format!("{START_BANNER} {} {:?}\n", spec.program.display(), spec.args);
     log.write_all(banner.as_bytes())
         .map_err(|e| FixtureError::io("writing the log banner", e))?;
     let stderr: File = log

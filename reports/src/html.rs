@@ -240,9 +240,12 @@ pub fn render(report: &Report, charts: &[Chart], architecture: &str) -> String {
     if let Some(clock) = &report.wall_clock {
         let _ = writeln!(
             w,
-            "<h2 id=\"wall-clock\">Wall clock (not deterministic)</h2><table><tbody><tr><th>started at</th><td>{}</td></tr><tr><th>took</th><td>{}</td></tr></tbody></table>",
+            "<h2 id=\"wall-clock\">Wall clock (not deterministic)</h2><table><tbody><tr><th>started at</th><td>{}</td></tr><tr><th>took</th><td>{}</td></tr>\
+             <tr><th>time compression</th><td>{}x: every time above is on the script's axis</td></tr><tr><th>processes' logs</th><td><code>{}</code></td></tr></tbody></table>",
             escape(&clock.started_at),
-            duration(clock.elapsed_ms)
+            duration(clock.elapsed_ms),
+            clock.time_compression,
+            escape(&clock.work_dir)
         );
     }
     let _ = writeln!(w, "</body></html>");

@@ -204,9 +204,12 @@ pub fn render(report: &Report, charts: &[Chart]) -> String {
     if let Some(clock) = &report.wall_clock {
         let _ = writeln!(
             w,
-            "## Wall clock (not deterministic)\n\n| | |\n|---|---|\n| started at | {} |\n| took | {} |\n",
+            "## Wall clock (not deterministic)\n\n| | |\n|---|---|\n| started at | {} |\n| took | {} |\n\
+             | time compression | {}x: every time above is on the script's axis |\n| processes' logs | `{}` |\n",
             clock.started_at,
-            duration(clock.elapsed_ms)
+            duration(clock.elapsed_ms),
+            clock.time_compression,
+            clock.work_dir
         );
     }
     let _ = writeln!(

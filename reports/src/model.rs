@@ -98,6 +98,11 @@ pub struct WallClock {
     pub started_at: String,
     /// How long it took, ms.
     pub elapsed_ms: u64,
+    /// Scenario ms per wall-clock ms (the real world plays the script
+    /// faster than written).
+    pub time_compression: u32,
+    /// Where the processes' directories and logs are (or were).
+    pub work_dir: String,
 }
 
 /// One of the course's demonstration steps.

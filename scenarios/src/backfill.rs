@@ -75,6 +75,33 @@ impl BackfillHandles {
     pub fn is_finished(&self) -> bool {
         self.status.borrow().outcome.is_some()
     }
+
+    /// What [`judge`] needs to know of it.
+    pub fn run(&self) -> BackfillRun<'_> {
+        BackfillRun {
+            name: &self.name,
+            live_gateway_id: &self.live_gateway_id,
+            log: &self.log,
+            status: self.status.borrow().clone(),
+            started_at_ms: self.started_at_ms,
+        }
+    }
+}
+
+/// One backfill as any world ran it: what [`judge`] reads (the simulator's
+/// [`BackfillHandles::run`], or a real `soilstream backfill` process).
+#[derive(Debug, Clone)]
+pub struct BackfillRun<'a> {
+    /// The records' gateway id (`gw-{n}-sd`).
+    pub name: &'a str,
+    /// Gateway id of the live gateway whose probes the log covers.
+    pub live_gateway_id: &'a str,
+    /// The log it backfilled.
+    pub log: &'a SdCardLog,
+    /// Boots and outcome.
+    pub status: BackfillStatus,
+    /// When it started, ms on the run's time axis.
+    pub started_at_ms: u64,
 }
 
 /// Path of the log on the backfill host.
@@ -84,19 +111,25 @@ fn csv_path(name: &str) -> PathBuf {
 
 /// Generates backfill `index`'s log for `seed`.
 pub fn sd_card_log(scenario: &Scenario, seed: u64, index: usize) -> SdCardLog {
+    generate(&sd_card_spec(scenario, seed, index, EPOCH_MS))
+}
+
+/// What backfill `index`'s log holds for `seed`, its event times scripted
+/// from `epoch_ms` (the world's time 0).
+pub fn sd_card_spec(scenario: &Scenario, seed: u64, index: usize, epoch_ms: i64) -> SdCardSpec {
     let backfill = &scenario.backfills[index];
     let t = &scenario.topology;
     let live = format!("gw-{}", backfill.gateway);
-    generate(&SdCardSpec {
+    SdCardSpec {
         seed: derive_seed(seed, &format!("{live}/sd-card")),
         gateway_id: backfill.gateway_id(),
         sensor_prefix: format!("{live}-probe"),
         sensors: t.sensors_per_gateway,
-        from_ms: EPOCH_MS + backfill.log_from_s * 1_000,
+        from_ms: epoch_ms + backfill.log_from_s * 1_000,
         rounds: backfill.rounds(t),
         interval_ms: backfill.interval_ms(t),
         bad_rows: backfill.bad_rows,
-    })
+    }
 }
 
 /// Starts backfill `index` at simulated time `now_ms`: generates its log,
@@ -255,7 +288,7 @@ impl fmt::Display for BackfillReport {
 /// failures found.
 pub fn judge(
     scenario: &Scenario,
-    backfills: &[BackfillHandles],
+    backfills: &[BackfillRun<'_>],
     ledger: &Ledger,
     records: &[ConsumedRecord],
     decoded: &[Result<Reading, String>],
@@ -263,11 +296,11 @@ pub fn judge(
     debug_assert_eq!(records.len(), decoded.len());
     let mut failures = Vec::new();
     let mut reports = Vec::new();
-    let backfill_ids: BTreeSet<&str> = backfills.iter().map(|b| b.name.as_str()).collect();
+    let backfill_ids: BTreeSet<&str> = backfills.iter().map(|b| b.name).collect();
     for handles in backfills {
-        let status = handles.status.borrow();
+        let status = &handles.status;
         let mut report = BackfillReport {
-            name: handles.name.clone(),
+            name: handles.name.to_owned(),
             rows: (handles.log.readings.len() + handles.log.bad_lines.len()) as u64,
             bad_rows: handles.log.bad_lines.len() as u64,
             boots: status.boots,
@@ -482,7 +515,7 @@ mod tests {
         let (handles, ledger, records, decoded) = world(1);
         let (reports, failures) = judge(
             &scenario("min_late_backfill_records = 1\nmax_live_delay_during_backfill_s = 1"),
-            std::slice::from_ref(&handles),
+            &[handles.run()],
             &ledger,
             &records,
             &decoded,
@@ -505,7 +538,7 @@ mod tests {
         let (handles, ledger, records, decoded) = world(0);
         let (_, failures) = judge(
             &scenario("min_late_backfill_records = 2\nmax_live_delay_during_backfill_s = 0"),
-            std::slice::from_ref(&handles),
+            &[handles.run()],
             &ledger,
             &records,
             &decoded,
@@ -517,7 +550,7 @@ mod tests {
         assert!(text.contains("1 backfilled records landed behind"), "{text}");
 
         *handles.status.borrow_mut() = BackfillStatus::default();
-        let (_, failures) = judge(&scenario(""), &[handles], &ledger, &records, &decoded);
+        let (_, failures) = judge(&scenario(""), &[handles.run()], &ledger, &records, &decoded);
         assert_eq!(failures, vec!["gw-1-sd: backfill did not finish".to_owned()]);
     }
 }

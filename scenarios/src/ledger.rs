@@ -159,6 +159,18 @@ impl Ledger {
         }
     }
 
+    /// The real world's stand-in for a delivery report, which a real
+    /// gateway does not hand out: the reading was first seen in the topic at
+    /// `at_ms` (the sample of the broker's high watermark that first held
+    /// it). Sets only the time of the first delivery; the positions stay
+    /// those the producer reported (none), so the checker's check of
+    /// reported positions has nothing to compare.
+    pub fn first_seen_in_topic(&mut self, id: &ReadingId, at_ms: u64) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.first_delivered_at_ms.get_or_insert(at_ms);
+        }
+    }
+
     /// A gateway crashed or lost power: what it sampled and had not made
     /// durable is lost (allowed, counted).
     pub fn gateway_crashed(&mut self, gateway_id: &str) {

@@ -15,6 +15,7 @@ pub mod backfill;
 pub mod checker;
 pub mod downstream;
 pub mod hostile;
+pub mod judge;
 pub mod ledger;
 pub mod observe;
 pub mod qaqc;

@@ -158,6 +158,25 @@ impl ObservedTopic {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// The names of the topics a world observes, in sample order: the raw
+    /// topic `raw`, and qaqc's outputs named by `qaqc` when it has qaqc.
+    pub fn names(raw: &str, qaqc: Option<&soilstream::qaqc::config::TopicNames>) -> Vec<String> {
+        let observed = if qaqc.is_some() {
+            &Self::ALL[..]
+        } else {
+            &Self::ALL[..1]
+        };
+        observed
+            .iter()
+            .map(|topic| match (topic, qaqc) {
+                (ObservedTopic::Raw, _) | (_, None) => raw.to_owned(),
+                (ObservedTopic::Clean, Some(q)) => q.clean.clone(),
+                (ObservedTopic::Quarantine, Some(q)) => q.quarantine.clone(),
+                (ObservedTopic::Aggregates, Some(q)) => q.aggregates.clone(),
+            })
+            .collect()
+    }
 }
 
 /// Where a raw record came from.
@@ -239,12 +258,58 @@ pub struct Observations {
     pub backfill_rows: u64,
 }
 
+/// How event times map onto a run's time axis (ms since the run's start).
+///
+/// In the simulator the axis is simulated time and an event time is simply
+/// its distance from the epoch. The real world plays a scenario faster than
+/// scripted: `compression` axis ms pass per wall-clock ms, so a live
+/// reading's distance from the start is stretched by that factor. Event
+/// times before the start (an SD card's day-before rows) are written at
+/// their calendar times in both worlds and are not stretched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeAxis {
+    /// Time 0 of the axis, ms since the Unix epoch.
+    pub epoch_ms: i64,
+    /// Axis ms per wall-clock ms after the start (1 in the simulator).
+    pub compression: u32,
+}
+
+impl TimeAxis {
+    /// The simulator's axis: no compression.
+    pub fn uncompressed(epoch_ms: i64) -> Self {
+        Self {
+            epoch_ms,
+            compression: 1,
+        }
+    }
+
+    /// Where `event_time_ms` (ms since the Unix epoch) lies on the axis.
+    pub fn axis_ms(&self, event_time_ms: i64) -> i64 {
+        let since_ms = event_time_ms - self.epoch_ms;
+        if since_ms >= 0 {
+            since_ms.saturating_mul(i64::from(self.compression.max(1)))
+        } else {
+            since_ms
+        }
+    }
+
+    /// The event time (ms since the Unix epoch) of axis time `axis_ms`: the
+    /// inverse of [`TimeAxis::axis_ms`] (to the millisecond).
+    pub fn event_time_ms(&self, axis_ms: i64) -> i64 {
+        if axis_ms >= 0 {
+            self.epoch_ms + axis_ms / i64::from(self.compression.max(1))
+        } else {
+            self.epoch_ms + axis_ms
+        }
+    }
+}
+
 /// What [`Observations::build`] joins.
 pub struct ObservedRun<'a> {
     /// The scenario.
     pub scenario: &'a Scenario,
-    /// The world's epoch, ms since the Unix epoch.
-    pub epoch_ms: i64,
+    /// How event times map onto the run's axis.
+    pub axis: TimeAxis,
     /// Live gateways' ids, in sample order.
     pub gateways: Vec<String>,
     /// Observed topics' names, in [`ObservedTopic::ALL`] order.
@@ -283,7 +348,7 @@ impl Observations {
             };
             raw.push(RawPoint {
                 appended_at_ms: times.at(ObservedTopic::Raw.index(), record.partition, record.offset),
-                event_ms: reading.event_time_ms - run.epoch_ms,
+                event_ms: run.axis.axis_ms(reading.event_time_ms),
                 origin,
                 first_copy: seen.insert(reading.id()),
             });
@@ -296,7 +361,7 @@ impl Observations {
             .filter(|(_, _, revision)| *revision > 1)
             .map(|(record, window_start, revision)| RevisedWindow {
                 appended_at_ms: aggregates_topic.and_then(|t| times.at(t, record.partition, record.offset)),
-                window_start_ms: window_start - run.epoch_ms,
+                window_start_ms: run.axis.axis_ms(*window_start),
                 revision: *revision,
             })
             .collect();
@@ -318,7 +383,10 @@ impl Observations {
             } else {
                 sampled_at_ms.push(entry.sampled_at_ms);
             }
-            let hour = (entry.reading.event_time_ms - run.epoch_ms).div_euclid(3_600_000);
+            let hour = run
+                .axis
+                .axis_ms(entry.reading.event_time_ms)
+                .div_euclid(3_600_000);
             let cell = completeness
                 .entry(format!("{}/{}", id.gateway_id, id.sensor_id))
                 .or_default()
@@ -340,7 +408,7 @@ impl Observations {
         sampled_at_ms.sort_unstable();
         Self {
             interval_ms: run.recorder.interval_ms(),
-            epoch_ms: run.epoch_ms,
+            epoch_ms: run.axis.epoch_ms,
             gateways: run.gateways,
             topics: run.topics,
             samples,
@@ -356,13 +424,14 @@ impl Observations {
 /// Append times from high-watermark samples: per (topic, partition), the
 /// suffix minimum of the watermark over the samples, so an offset is timed
 /// by the first sample after which the watermark never fell back below it.
-struct AppendTimes<'s> {
+pub struct AppendTimes<'s> {
     samples: &'s [Sample],
     suffix_min: BTreeMap<(usize, i32), Vec<i64>>,
 }
 
 impl<'s> AppendTimes<'s> {
-    fn new(samples: &'s [Sample]) -> Self {
+    /// The append times `samples` tell.
+    pub fn new(samples: &'s [Sample]) -> Self {
         let mut suffix_min = BTreeMap::new();
         let topics = samples.last().map_or(0, |s| s.high_watermarks.len());
         for topic in 0..topics {
@@ -387,7 +456,9 @@ impl<'s> AppendTimes<'s> {
         Self { samples, suffix_min }
     }
 
-    fn at(&self, topic: usize, partition: i32, offset: i64) -> Option<u64> {
+    /// When observed topic `topic`'s record at (`partition`, `offset`) was
+    /// appended, ms since the start; `None` if no sample held it.
+    pub fn at(&self, topic: usize, partition: i32, offset: i64) -> Option<u64> {
         let mins = self.suffix_min.get(&(topic, partition))?;
         let index = mins.partition_point(|high| *high <= offset);
         self.samples.get(index).map(|s| s.at_ms)
@@ -440,6 +511,23 @@ mod tests {
         }
         assert!(recorder.samples().len() < SAMPLES_MAX);
         assert!(recorder.interval_ms() > 1_000);
+    }
+
+    #[test]
+    fn a_compressed_axis_stretches_the_run_and_keeps_the_calendar_before_it() {
+        let axis = TimeAxis {
+            epoch_ms: 1_000_000,
+            compression: 60,
+        };
+        assert_eq!(axis.axis_ms(1_000_000), 0);
+        assert_eq!(axis.axis_ms(1_001_000), 60_000);
+        assert_eq!(axis.axis_ms(999_000), -1_000);
+        for axis_ms in [-86_400_000, -1, 0, 60_000, 7_200_000] {
+            assert_eq!(axis.axis_ms(axis.event_time_ms(axis_ms)), axis_ms);
+        }
+        let plain = TimeAxis::uncompressed(5);
+        assert_eq!(plain.axis_ms(17), 12);
+        assert_eq!(plain.event_time_ms(12), 17);
     }
 
     #[test]

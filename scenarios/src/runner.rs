@@ -9,9 +9,12 @@
 
 use crate::archived::{ArchiveCheckOptions, ArchiveCheckReport, check_archive};
 use crate::backfill::{self, BackfillReport};
-use crate::checker::{CheckOptions, CheckReport, check_topic};
-use crate::downstream::{DownstreamReport, DownstreamTopics, check_downstream};
-use crate::observe::{Observations, ObservedRun, ObservedTopic, Recorder, Sample, sample_interval_ms};
+use crate::checker::CheckReport;
+use crate::downstream::{DownstreamReport, DownstreamTopics};
+use crate::judge::{Evidence, Judgement, judge};
+use crate::observe::{
+    Observations, ObservedRun, ObservedTopic, Recorder, Sample, TimeAxis, sample_interval_ms,
+};
 use crate::scenario::{Scenario, Stage};
 use crate::stage::StageHost;
 use crate::timeline::{Action, TimedAction, expand};
@@ -27,7 +30,7 @@ use soilstream_sim::SimConsumer;
 use soilstream_sim::digest::Digest;
 use soilstream_sim::disk::{BitFlip, DamageAt};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
@@ -719,22 +722,9 @@ pub fn run_scenario_with_progress(
     let mut next_action = 0;
     let mut drained_at_ms: Option<u64> = None;
     let qaqc_topics = crate::qaqc::settings(scenario, 0, PlantedBug::None).topics;
-    let observed = if world.qaqc.is_empty() {
-        &ObservedTopic::ALL[..1]
-    } else {
-        &ObservedTopic::ALL[..]
-    };
     let mut watch = Watch {
         recorder: Recorder::new(sample_interval_ms(run_until_ms, tick_ms)),
-        topics: observed
-            .iter()
-            .map(|topic| match topic {
-                ObservedTopic::Raw => RAW_TOPIC.to_owned(),
-                ObservedTopic::Clean => qaqc_topics.clean.clone(),
-                ObservedTopic::Quarantine => qaqc_topics.quarantine.clone(),
-                ObservedTopic::Aggregates => qaqc_topics.aggregates.clone(),
-            })
-            .collect(),
+        topics: ObservedTopic::names(RAW_TOPIC, (!world.qaqc.is_empty()).then_some(&qaqc_topics)),
         partitions: scenario.topology.partitions,
         planned_ms: run_until_ms,
         progress,
@@ -1028,37 +1018,7 @@ pub fn run_scenario_with_progress(
             (Vec::new(), Vec::new())
         }
     };
-    // The checker decodes by value; equal values decode alike.
-    let by_value: BTreeMap<&[u8], &Result<Reading, String>> = records
-        .iter()
-        .zip(&decoded)
-        .filter_map(|(record, result)| Some((record.value.as_deref()?, result)))
-        .collect();
-    let decode = |value: &[u8]| -> Result<Reading, String> {
-        by_value
-            .get(value)
-            .map_or_else(|| Err("not decoded".to_owned()), |result| (*result).clone())
-    };
-
-    // Phase 4: judge. Hostile records are not the gateways': the raw
-    // checker does not see them; the downstream checker does.
     let hostile: Vec<crate::hostile::HostileRecord> = world.hostile.borrow().clone();
-    let hostile_positions: BTreeSet<(i32, i64)> = hostile
-        .iter()
-        .map(|h| (h.position.partition, h.position.offset))
-        .collect();
-    let gateway_records: Vec<ConsumedRecord> = records
-        .iter()
-        .filter(|r| !hostile_positions.contains(&(r.partition, r.offset)))
-        .cloned()
-        .collect();
-    let check = check_topic(
-        &world.ledger.borrow(),
-        &gateway_records,
-        scenario.topology.partitions,
-        &decode,
-        CheckOptions::default(),
-    );
     let downstream_topics = match downstream_read.borrow_mut().take() {
         Some(Ok(topics)) => Some(topics),
         Some(Err(e)) => {
@@ -1071,32 +1031,6 @@ pub fn run_scenario_with_progress(
             None
         }
     };
-    let downstream = downstream_topics.as_ref().map(|topics| {
-        check_downstream(
-            &records,
-            &decode,
-            topics,
-            scenario.topology.partitions,
-            &qaqc_settings,
-        )
-    });
-    if let (Some(report), Some(topics)) = (&downstream, &downstream_topics) {
-        for (kind, list) in &report.anomalies {
-            failures.push(format!(
-                "{} {}: {}",
-                list.count,
-                kind.name(),
-                list.examples.join("; ")
-            ));
-        }
-        failures.extend(judge_hostile(&hostile, &topics.quarantine));
-        if report.tally.windows_revised < scenario.qaqc.min_revised_windows {
-            failures.push(format!(
-                "{} windows revised by late data, expected at least {}",
-                report.tally.windows_revised, scenario.qaqc.min_revised_windows
-            ));
-        }
-    }
     let qaqc_activity = QaqcActivity {
         instances: world.qaqc.len() as u32,
         boots: world.qaqc.iter().map(|h| h.host.boots.get()).sum(),
@@ -1115,12 +1049,6 @@ pub fn run_scenario_with_progress(
             .sum(),
         hostile_records: hostile.len() as u64,
     };
-    if qaqc_activity.rebalances < scenario.qaqc.min_rebalances {
-        failures.push(format!(
-            "the qaqc hosts saw {} rebalances, expected at least {}",
-            qaqc_activity.rebalances, scenario.qaqc.min_rebalances
-        ));
-    }
     let archive = match archive_read.borrow_mut().take() {
         Some(Ok(report)) => Some(report),
         Some(Err(e)) => {
@@ -1145,43 +1073,6 @@ pub fn run_scenario_with_progress(
         store_retries: world.archive.iter().map(|h| h.metrics.store_retries.get()).sum(),
         store_boots: world.store.as_ref().map_or(0, |s| s.status().boots),
     };
-    if let Some(report) = &archive {
-        for (kind, list) in &report.anomalies {
-            failures.push(format!(
-                "{} {}: {}",
-                list.count,
-                kind.name(),
-                list.examples.join("; ")
-            ));
-        }
-        let a = &scenario.archive;
-        if archive_activity.rebalances < a.min_rebalances {
-            failures.push(format!(
-                "the archive hosts saw {} rebalances, expected at least {}",
-                archive_activity.rebalances, a.min_rebalances
-            ));
-        }
-        if report.tally.aborted_attempts < a.min_attempts_aborted {
-            failures.push(format!(
-                "the store holds {} abort markers, expected at least {} (crashes did not land mid-batch)",
-                report.tally.aborted_attempts, a.min_attempts_aborted
-            ));
-        }
-        if (report.tally.rows_per_date.len() as u64) < a.min_event_dates {
-            failures.push(format!(
-                "the archive holds {} event dates, expected at least {}",
-                report.tally.rows_per_date.len(),
-                a.min_event_dates
-            ));
-        }
-    }
-    let (backfill_reports, backfill_failures) = backfill::judge(
-        scenario,
-        &world.backfills,
-        &world.ledger.borrow(),
-        &records,
-        &decoded,
-    );
     let registry_status = world.registry.status();
     let first_delivery_ms = world
         .ledger
@@ -1190,50 +1081,33 @@ pub fn run_scenario_with_progress(
         .values()
         .filter_map(|e| e.first_delivered_at_ms)
         .min();
-    for failure in &registry_status.failures {
-        failures.push(format!("registry: {failure}"));
-    }
-    if !check.valid {
-        for (kind, list) in &check.anomalies {
-            if *kind != crate::checker::AnomalyKind::Duplicate {
-                failures.push(format!(
-                    "{} {}: {}",
-                    list.count,
-                    kind.name(),
-                    list.examples.join("; ")
-                ));
-            }
-        }
-    }
+    // Phase 4: judge.
+    let backfill_runs: Vec<backfill::BackfillRun<'_>> = world.backfills.iter().map(|b| b.run()).collect();
+    let ledger = world.ledger.borrow();
+    let Judgement {
+        check,
+        downstream,
+        backfills: backfill_reports,
+        failures: verdict_failures,
+    } = judge(&Evidence {
+        scenario,
+        ledger: &ledger,
+        records: &records,
+        decoded: &decoded,
+        hostile: &hostile,
+        downstream_topics: downstream_topics.as_ref(),
+        qaqc_settings: &qaqc_settings,
+        qaqc_activity: &qaqc_activity,
+        archive: archive.as_ref(),
+        archive_activity: &archive_activity,
+        backfills: &backfill_runs,
+        registry_failures: &registry_status.failures,
+        archive_min_event_dates: scenario.archive.min_event_dates,
+    });
+    drop(ledger);
+    failures.extend(verdict_failures);
     let t = &check.tally;
-    let e = &scenario.expect;
-    if t.lost_before_durable > e.max_lost_before_durable {
-        failures.push(format!(
-            "{} readings lost before durable, expected at most {}",
-            t.lost_before_durable, e.max_lost_before_durable
-        ));
-    }
     let rejected = t.rejected_spool_full + t.rejected_invalid + t.rejected_io;
-    if rejected > e.max_rejected_or_dropped {
-        failures.push(format!(
-            "{rejected} readings rejected, expected at most {}",
-            e.max_rejected_or_dropped
-        ));
-    }
-    if t.lost_to_reported_damage_or_drop > e.max_lost_to_reported_damage + e.max_rejected_or_dropped {
-        failures.push(format!(
-            "{} durable readings lost to reported damage or drops, expected at most {}",
-            t.lost_to_reported_damage_or_drop,
-            e.max_lost_to_reported_damage + e.max_rejected_or_dropped
-        ));
-    }
-    if t.never_committed > 0 {
-        failures.push(format!(
-            "{} readings neither durable nor lost at a crash (sampler lost track)",
-            t.never_committed
-        ));
-    }
-    failures.extend(backfill_failures);
 
     let mut digest = Digest::new();
     for r in &records {
@@ -1290,7 +1164,7 @@ pub fn run_scenario_with_progress(
     watch.sample_now(&world);
     let observations = Observations::build(ObservedRun {
         scenario,
-        epoch_ms: world::EPOCH_MS,
+        axis: TimeAxis::uncompressed(world::EPOCH_MS),
         gateways: world.gateways.iter().map(|g| g.name.clone()).collect(),
         topics: watch.topics,
         recorder: watch.recorder,
@@ -1356,38 +1230,6 @@ fn stop_stage(sim: &mut turmoil::Sim<'_>, hosts: &[&StageHost], stage: &str) -> 
         }
     }
     failures
-}
-
-/// Each hostile record must be in quarantine, at its source position, with
-/// the reason its kind calls for.
-fn judge_hostile(hostile: &[crate::hostile::HostileRecord], quarantine: &[ConsumedRecord]) -> Vec<String> {
-    use soilstream::qaqc::records::{HEADER_REASON, HEADER_SRC_OFFSET, header_i64, header_str};
-    let by_source: BTreeMap<(i32, i64), &str> = quarantine
-        .iter()
-        .filter_map(|r| {
-            let src = header_i64(&r.headers, HEADER_SRC_OFFSET)?;
-            Some((
-                (r.partition, src),
-                header_str(&r.headers, HEADER_REASON).unwrap_or(""),
-            ))
-        })
-        .collect();
-    hostile
-        .iter()
-        .filter_map(|h| {
-            let got = by_source.get(&(h.position.partition, h.position.offset));
-            (got != Some(&h.expected.code())).then(|| {
-                format!(
-                    "hostile record ({}) at partition {} offset {}: expected quarantine as {}, got {:?}",
-                    h.what,
-                    h.position.partition,
-                    h.position.offset,
-                    h.expected.code(),
-                    got
-                )
-            })
-        })
-        .collect()
 }
 
 /// The world's epoch (for reports).

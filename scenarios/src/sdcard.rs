@@ -59,6 +59,14 @@ pub struct SdCardLog {
 
 /// Generates the log described by `spec`.
 pub fn generate(spec: &SdCardSpec) -> SdCardLog {
+    generate_mapped(spec, |event_time_ms| event_time_ms)
+}
+
+/// Generates the log described by `spec`, each round's event time passed
+/// through `event_time` first (the real world compresses a scenario's run:
+/// see [`crate::observe::TimeAxis`]). Values, identities and garbled rows
+/// are those of [`generate`]; only the timestamps differ.
+pub fn generate_mapped(spec: &SdCardSpec, event_time: impl Fn(i64) -> i64) -> SdCardLog {
     let rows = spec.rounds * u64::from(spec.sensors);
     let bad_rows = pick_bad_rows(spec.seed, rows, spec.bad_rows.min(rows));
     let mut simulator = SensorSimulator::new(SimulatorConfig {
@@ -74,7 +82,7 @@ pub fn generate(spec: &SdCardSpec) -> SdCardLog {
     let mut bad_lines = Vec::with_capacity(bad_rows.len());
     let mut row: u64 = 0;
     for round in 0..spec.rounds {
-        let event_time_ms = spec.from_ms + (round * spec.interval_ms) as i64;
+        let event_time_ms = event_time(spec.from_ms + (round * spec.interval_ms) as i64);
         for measurement in simulator.sample(event_time_ms) {
             // Line 1 is the header.
             let line = row + 2;

@@ -194,7 +194,27 @@ impl World<'_> {
     }
 }
 
-fn spool_config(scenario: &Scenario, planted: PlantedBug) -> SpoolConfig {
+/// The probe simulator of gateway `name` for `seed` (every world's
+/// gateways sample the same values for the same seed).
+pub fn source_config(scenario: &Scenario, seed: u64, name: &str) -> SimulatorConfig {
+    let t = &scenario.topology;
+    SimulatorConfig {
+        seed: derive_seed(seed, &format!("{name}/source")),
+        sensors: t.sensors_per_gateway,
+        sensor_prefix: format!("{name}-probe"),
+        garbage_probability: t.garbage_reading_probability,
+        ..SimulatorConfig::default()
+    }
+}
+
+/// Gateway `index`'s name and id (`gw-{index}`).
+pub fn gateway_name(index: u32) -> String {
+    format!("gw-{index}")
+}
+
+/// The spool settings of every gateway of `scenario` (limits, full policy,
+/// planted spool bugs), its directory `/spool`.
+pub fn spool_config(scenario: &Scenario, planted: PlantedBug) -> SpoolConfig {
     let t = &scenario.topology;
     let mut config: SpoolConfig = toml::from_str("dir = \"/spool\"").expect("minimal spool config");
     config.max_bytes = t.spool_max_bytes;
@@ -301,7 +321,7 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
     let ledger = Rc::new(RefCell::new(Ledger::new(true)));
     let mut gateways = Vec::new();
     for index in 0..t.gateways {
-        let name = format!("gw-{index}");
+        let name = gateway_name(index);
         let label = |what: &str| derive_seed(seed, &format!("{name}/{what}"));
         let drift_ppm = if t.clock_drift_ppm_max > 0.0 {
             let span = (t.clock_drift_ppm_max * 2.0) as u64 + 1;
@@ -343,13 +363,7 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
             },
             log_interval_ms: 0,
         };
-        let source_config = SimulatorConfig {
-            seed: label("source"),
-            sensors: t.sensors_per_gateway,
-            sensor_prefix: format!("{name}-probe"),
-            garbage_probability: t.garbage_reading_probability,
-            ..SimulatorConfig::default()
-        };
+        let source_config = source_config(scenario, seed, &name);
         let producer_config = producer_config(scenario.tick_ms);
         let tick_ms = scenario.tick_ms;
         let software = {

@@ -80,11 +80,12 @@ fn passes_ci_seeds(name: &str) {
 const SCENARIOS_TESTED_ELSEWHERE: [&str; 2] = ["backfill-after-power-outage", "registry-outage"];
 
 /// Every other file in `scenarios/`, each with its own test below.
-const SCENARIOS: [&str; 16] = [
+const SCENARIOS: [&str; 17] = [
     "archive-crash-loop",
     "archive-rebalance",
     "backfill-windows",
     "capstone",
+    "capstone-short",
     "broker-crash",
     "disk-damage",
     "disk-full-long-outage",
@@ -143,6 +144,13 @@ fn capstone() {
         soilstream_scenarios::scenario::Scenario::capstone(),
         load("capstone")
     );
+}
+
+/// The capstone at the size the real world's test plays it
+/// (`system/cli/tests/capstone_real.rs`): both worlds pass it.
+#[test]
+fn capstone_short() {
+    passes_ci_seeds("capstone-short");
 }
 
 #[test]

@@ -84,7 +84,10 @@ fn main() -> ExitCode {
     // world (thousands of them): the summary says what matters, so they are
     // off unless SOILSTREAM_LOG asks for them.
     init_tracing(match cli.command {
-        Command::Sim(_) | Command::Capstone(_) => "warn,soilstream=off,soilstream_sim=off",
+        // The real world's own clients see the broker go down on purpose.
+        Command::Sim(_) | Command::Capstone(_) => {
+            "warn,soilstream=off,soilstream_sim=off,rdkafka=off,librdkafka=off"
+        }
         _ => "info",
     });
     let result: anyhow::Result<ExitCode> = match cli.command {

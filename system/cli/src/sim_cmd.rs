@@ -1,7 +1,9 @@
 //! `soilstream sim run`: play a scenario in the deterministic simulator.
 
 use anyhow::Context;
-use soilstream_scenarios::runner::{RunOptions, RunResult, run_scenario, run_scenario_with_progress};
+use soilstream_scenarios::runner::{
+    RunOptions, RunProgress, RunResult, run_scenario, run_scenario_with_progress,
+};
 use soilstream_scenarios::scenario::Scenario;
 use soilstream_scenarios::world::PlantedBug;
 use std::io::Write;
@@ -78,11 +80,19 @@ fn reproduce_command(args: &RunArgs, file: &std::path::Path, seed: u64) -> Strin
     command
 }
 
-/// Runs `scenario` with a progress display on stderr: a bar on a
-/// terminal, a plain line every tenth of the scripted time otherwise.
+/// Runs `scenario` in the simulator with a progress display on stderr.
 pub fn run_with_progress(scenario: &Scenario, seed: u64, planted: PlantedBug) -> RunResult {
-    use std::io::IsTerminal;
     let options = RunOptions { seed, planted };
+    with_progress(scenario, |progress| {
+        run_scenario_with_progress(scenario, options, progress)
+    })
+}
+
+/// Calls `run` with a progress display on stderr fed by the progress it
+/// reports: a bar on a terminal, a plain line every tenth of the scripted
+/// time otherwise.
+pub fn with_progress<T>(scenario: &Scenario, run: impl FnOnce(&mut dyn FnMut(RunProgress)) -> T) -> T {
+    use std::io::IsTerminal;
     let planned_s = (scenario.duration_s).max(1);
     if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::with_draw_target(
@@ -90,12 +100,12 @@ pub fn run_with_progress(scenario: &Scenario, seed: u64, planted: PlantedBug) ->
             indicatif::ProgressDrawTarget::stderr(),
         );
         let style = indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} simulated s {msg}",
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} scenario s {msg}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> ");
         bar.set_style(style);
-        let result = run_scenario_with_progress(scenario, options, &mut |p| {
+        let result = run(&mut |p| {
             let at_s = p.simulated_ms / 1_000;
             if at_s > bar.length().unwrap_or(0) {
                 bar.set_length(at_s);
@@ -108,11 +118,11 @@ pub fn run_with_progress(scenario: &Scenario, seed: u64, planted: PlantedBug) ->
     } else {
         let mut next_tenth = 1;
         let mut last_phase = None;
-        run_scenario_with_progress(scenario, options, &mut |p| {
+        run(&mut |p| {
             let tenth = p.simulated_ms * 10 / (planned_s * 1_000);
             if tenth >= next_tenth || last_phase != Some(p.phase) {
                 eprintln!(
-                    "progress: {:.1} of {:.1} simulated h ({})",
+                    "progress: {:.1} of {:.1} scenario h ({})",
                     p.simulated_ms as f64 / 3_600_000.0,
                     planned_s as f64 / 3_600.0,
                     p.phase.name()
@@ -131,15 +141,26 @@ pub fn write_run_report(
     command: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<soilstream_reports::Report> {
-    let report = soilstream_reports::build_report(
+    write_report_of(
         scenario,
         result,
-        &soilstream_reports::RunContext {
+        soilstream_reports::RunContext {
             world: soilstream_reports::WorldKind::Sim,
             command: command.to_owned(),
             wall_clock: None,
         },
-    );
+        dir,
+    )
+}
+
+/// Builds the report of a run of any world and writes it into `dir`.
+pub fn write_report_of(
+    scenario: &Scenario,
+    result: &RunResult,
+    context: soilstream_reports::RunContext,
+    dir: &std::path::Path,
+) -> anyhow::Result<soilstream_reports::Report> {
+    let report = soilstream_reports::build_report(scenario, result, &context);
     soilstream_reports::write_report(&report, dir)?;
     Ok(report)
 }

@@ -1,10 +1,10 @@
 //! What a backfill did, for people (Display) and programs (JSON).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Counts of event-time warnings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WarningCounts {
     /// Rows whose event time is older than the topic's retention: the broker
     /// may delete them soon after they land (if the topic deletes by time).
@@ -20,7 +20,7 @@ pub struct WarningCounts {
 /// `delivery_retries` describe this run. Every data row is exactly one of
 /// produced, skipped as already done, or rejected once a run completes:
 /// `rows_read == rows_produced + rows_skipped_done + rows_rejected`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackfillSummary {
     /// The log file, as given.
     pub file: String,

@@ -5,10 +5,11 @@
 
 use soilstream::gateway::config::{GatewayFileConfig, SourceConfig, SyncPolicy};
 use soilstream::model::Reading;
+use soilstream_containers::pipeline::component::SETTINGS_ENV_VARS;
+use soilstream_containers::pipeline::metrics::{metrics_addr_in_log, scrape_text};
 use soilstream_containers::{ChildProcess, ChildSpec, Termination, wait_until};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,32 +38,8 @@ pub const GATEWAY_START_TIMEOUT_MS: u64 = 30_000;
 /// grace plus slack for a loaded machine.
 pub const GATEWAY_EXIT_SLACK_MS: u64 = 30_000;
 
-/// Timeout of one `/metrics` request, in ms.
-const SCRAPE_TIMEOUT_MS: u64 = 2_000;
-
 /// Interval between two checks of a condition on metrics or the ledger, in ms.
 const POLL_INTERVAL_MS: u64 = 50;
-
-/// What the gateway logs once its metrics endpoint listens.
-const METRICS_LOG_MARKER: &str = "metrics endpoint at /metrics address=";
-
-/// What the process fixture writes into the log before every start.
-const START_BANNER: &str = "--- soilstream-containers: starting";
-
-/// Environment variables `soilstream gateway` reads settings from: removed
-/// from its environment so that only the test's file and flags count.
-const GATEWAY_ENV_VARS: &[&str] = &[
-    "SOILSTREAM_CONFIG",
-    "SOILSTREAM_GATEWAY_ID",
-    "SOILSTREAM_BROKERS",
-    "SOILSTREAM_TOPIC",
-    "SOILSTREAM_SPOOL_DIR",
-    "SOILSTREAM_INTERVAL_MS",
-    "SOILSTREAM_SENSORS",
-    "SOILSTREAM_SEED",
-    "SOILSTREAM_METRICS_LISTEN",
-    "SOILSTREAM_REGISTRY_URL",
-];
 
 /// librdkafka settings that notice a dead or silent link within seconds
 /// (the defaults wait 10-15 s), so outage tests stay short.
@@ -167,15 +144,7 @@ pub struct Metrics(pub BTreeMap<String, f64>);
 impl Metrics {
     /// Parses the OpenMetrics text format.
     pub fn parse(text: &str) -> Self {
-        Self(
-            text.lines()
-                .filter(|line| !line.starts_with('#'))
-                .filter_map(|line| {
-                    let (name, value) = line.rsplit_once(' ')?;
-                    Some((name.to_owned(), value.trim().parse().ok()?))
-                })
-                .collect(),
-        )
+        Self(soilstream_containers::pipeline::metrics::Metrics::parse(text).0)
     }
 
     /// A sample's value; panics if the gateway does not expose it.
@@ -236,7 +205,7 @@ impl Gateway {
             .arg("--ledger")
             .arg(dir.join("ledger.jsonl"))
             .env("SOILSTREAM_LOG", "info");
-        for var in GATEWAY_ENV_VARS {
+        for var in SETTINGS_ENV_VARS {
             child_spec = child_spec.env_remove(var);
         }
         let child = ChildProcess::spawn(child_spec).expect("spawn soilstream gateway");
@@ -297,7 +266,7 @@ impl Gateway {
 
     /// Scrapes `/metrics` once.
     pub fn metrics(&self) -> Result<Metrics, String> {
-        scrape(self.metrics_addr).map(|text| Metrics::parse(&text))
+        scrape_text(self.metrics_addr).map(|text| Metrics::parse(&text))
     }
 
     /// Scrapes `/metrics` until `condition` holds and returns those metrics.
@@ -376,7 +345,7 @@ fn await_metrics_addr(child: &ChildProcess, dir: &Path) -> SocketAddr {
     let mut found = None;
     let log_path = child.log_path().to_owned();
     let waited = wait_until("the gateway's metrics endpoint", GATEWAY_START_TIMEOUT_MS, || {
-        found = current_metrics_addr(&log_path);
+        found = metrics_addr_in_log(&log_path);
         found.is_some()
     });
     if let Err(error) = waited {
@@ -387,40 +356,4 @@ fn await_metrics_addr(child: &ChildProcess, dir: &Path) -> SocketAddr {
         );
     }
     found.expect("found above")
-}
-
-/// The metrics address logged after the last start banner, if any yet.
-fn current_metrics_addr(log_path: &Path) -> Option<SocketAddr> {
-    let log = std::fs::read_to_string(log_path).ok()?;
-    let current = &log[log.rfind(START_BANNER)?..];
-    let rest = &current[current.find(METRICS_LOG_MARKER)? + METRICS_LOG_MARKER.len()..];
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// One `GET /metrics` over HTTP/1.0 (the server closes the connection after
-/// the body, so no chunked framing).
-fn scrape(addr: SocketAddr) -> Result<String, String> {
-    let timeout = Duration::from_millis(SCRAPE_TIMEOUT_MS);
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: gateway\r\n\r\n")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("unexpected response: {head}"));
-    }
-    Ok(body.to_owned())
 }

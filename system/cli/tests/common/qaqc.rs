@@ -8,20 +8,19 @@
 
 use super::broker::{READ_STALL_TIMEOUT_MS, assert_every_durable_reading_delivered, block_on, check_raw};
 use super::gateway::{Metrics, SOILSTREAM};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::util::Timeout;
 use soilstream::qaqc::{QaqcFileConfig, QaqcSettings};
 use soilstream::transport::kafka::{KafkaClientConfig, KafkaConsumer};
 use soilstream::transport::{ConsumedRecord, LogConsumer, read_topic_to_end};
-use soilstream_containers::{ChildProcess, ChildSpec, Termination, wait_until};
+use soilstream_containers::pipeline::component::SETTINGS_ENV_VARS;
+use soilstream_containers::pipeline::kafka::BrokerQueries;
+use soilstream_containers::pipeline::metrics::{METRICS_LOG_MARKER, metrics_addr_in_log, scrape_text};
+use soilstream_containers::{ChildProcess, ChildSpec, START_BANNER, Termination, wait_until};
 use soilstream_scenarios::checker::CheckReport;
 use soilstream_scenarios::downstream::{DownstreamReport, DownstreamTopics, check_downstream};
 use soilstream_scenarios::ledger::Ledger;
 use soilstream_scenarios::runner::decode_raw;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -63,32 +62,11 @@ pub const SILENT_AFTER_MS: u64 = 60_000;
 /// ms (see [`Qaqc::restart_once_its_session_expired`]).
 pub const SESSION_EXPIRY_MARGIN_MS: u64 = 1_500;
 
-/// Timeout of one `/metrics` request, in ms.
-const SCRAPE_TIMEOUT_MS: u64 = 2_000;
-
 /// Interval between two checks of a condition on metrics or offsets, in ms.
 const POLL_INTERVAL_MS: u64 = 50;
 
 /// Timeout of one committed-offsets request, in ms.
 const OFFSETS_TIMEOUT_MS: u64 = 10_000;
-
-/// What the log says once the metrics endpoint listens.
-const METRICS_LOG_MARKER: &str = "metrics endpoint at /metrics address=";
-
-/// What the process fixture writes into the log before every start.
-const START_BANNER: &str = "--- soilstream-containers: starting";
-
-/// Environment variables `soilstream qaqc` reads settings from: removed so
-/// that only the test's file counts.
-const QAQC_ENV_VARS: &[&str] = &[
-    "SOILSTREAM_QAQC_CONFIG",
-    "SOILSTREAM_QAQC_INSTANCE_ID",
-    "SOILSTREAM_QAQC_GROUP_ID",
-    "SOILSTREAM_QAQC_STATE_DIR",
-    "SOILSTREAM_QAQC_METRICS_LISTEN",
-    "SOILSTREAM_BROKERS",
-    "SOILSTREAM_REGISTRY_URL",
-];
 
 /// How a test's qaqc instance is configured (everything else: the embedded
 /// defaults of `examples/qaqc.toml`).
@@ -346,7 +324,7 @@ impl Qaqc {
             .arg("--config")
             .arg(&config_path)
             .env("SOILSTREAM_LOG", "info");
-        for var in QAQC_ENV_VARS {
+        for var in SETTINGS_ENV_VARS {
             child_spec = child_spec.env_remove(var);
         }
         let child = ChildProcess::spawn(child_spec).expect("spawn soilstream qaqc");
@@ -417,7 +395,7 @@ impl Qaqc {
 
     /// Scrapes `/metrics` once.
     pub fn metrics(&self) -> Result<QaqcScrape, String> {
-        scrape(self.metrics_addr).map(|text| QaqcScrape(Metrics::parse(&text)))
+        scrape_text(self.metrics_addr).map(|text| QaqcScrape(Metrics::parse(&text)))
     }
 
     /// Scrapes `/metrics` until `condition` holds and returns those metrics.
@@ -514,7 +492,7 @@ fn await_metrics_addr(child: &ChildProcess, dir: &Path) -> SocketAddr {
     let mut found = None;
     let log_path = child.log_path().to_owned();
     let waited = wait_until("qaqc's metrics endpoint", QAQC_START_TIMEOUT_MS, || {
-        found = current_metrics_addr(&log_path);
+        found = metrics_addr_in_log(&log_path);
         found.is_some()
     });
     if let Err(error) = waited {
@@ -525,41 +503,6 @@ fn await_metrics_addr(child: &ChildProcess, dir: &Path) -> SocketAddr {
         );
     }
     found.expect("found above")
-}
-
-/// The metrics address logged after the last start banner, if any yet.
-fn current_metrics_addr(log_path: &Path) -> Option<SocketAddr> {
-    let log = std::fs::read_to_string(log_path).ok()?;
-    let current = &log[log.rfind(START_BANNER)?..];
-    let rest = &current[current.find(METRICS_LOG_MARKER)? + METRICS_LOG_MARKER.len()..];
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// One `GET /metrics` over HTTP/1.0.
-fn scrape(addr: SocketAddr) -> Result<String, String> {
-    let timeout = Duration::from_millis(SCRAPE_TIMEOUT_MS);
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: qaqc\r\n\r\n")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("unexpected response: {head}"));
-    }
-    Ok(body.to_owned())
 }
 
 /// The high watermark of every partition of `topic`.
@@ -579,23 +522,15 @@ pub fn high_watermarks(config: &KafkaClientConfig, topic: &str) -> BTreeMap<i32,
 /// Asks the group coordinator for the offsets a group committed on a
 /// topic, without joining the group (one client, reused across requests).
 pub struct GroupOffsets {
-    consumer: BaseConsumer,
-    group: String,
+    queries: BrokerQueries,
     topic: String,
 }
 
 impl GroupOffsets {
     /// A client for `group`'s offsets on `topic`.
     pub fn new(config: &KafkaClientConfig, group: &str, topic: &str) -> Result<Self, String> {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", config.bootstrap_servers.as_str())
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|e| format!("creating the offsets client: {e}"))?;
         Ok(Self {
-            consumer,
-            group: group.to_owned(),
+            queries: BrokerQueries::new(&KafkaClientConfig::new(config.bootstrap_servers.clone()), group)?,
             topic: topic.to_owned(),
         })
     }
@@ -605,24 +540,12 @@ impl GroupOffsets {
         &self,
         partitions: impl IntoIterator<Item = i32>,
     ) -> Result<BTreeMap<i32, Option<i64>>, String> {
-        let mut list = TopicPartitionList::new();
-        for partition in partitions {
-            list.add_partition(&self.topic, partition);
-        }
-        let committed = self
-            .consumer
-            .committed_offsets(list, Timeout::After(Duration::from_millis(OFFSETS_TIMEOUT_MS)))
-            .map_err(|e| format!("fetching the committed offsets of {}: {e}", self.group))?;
+        let wanted: BTreeSet<i32> = partitions.into_iter().collect();
+        let count = wanted.last().map_or(0, |p| *p as u32 + 1);
+        let committed = self.queries.committed(&self.topic, count, OFFSETS_TIMEOUT_MS)?;
         Ok(committed
-            .elements()
-            .iter()
-            .map(|e| {
-                let offset = match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                };
-                (e.partition(), offset)
-            })
+            .into_iter()
+            .filter(|(p, _)| wanted.contains(p))
             .collect())
     }
 
