@@ -39,10 +39,11 @@ pub fn bench_reading(sensor: &str, seq: u64) -> Reading {
         seq,
         event_time_ms: 1_700_000_000_000 + seq as i64 * 60_000,
         moisture_vwc: 0.25 + (seq % 100) as f64 / 1000.0,
-        soil_temp_c: 14.0 + (seq % 10) as f64 / 10.0,
+        soil_temp_c: Some(14.0 + (seq % 10) as f64 / 10.0),
         bulk_ec_ds_m: Some(0.4),
         depth_cm: 30,
         battery_v: Some(3.6),
+        source_flag: None,
     }
 }
 

@@ -23,7 +23,7 @@
 use crate::ledger::Ledger;
 use crate::scenario::Scenario;
 use crate::sdcard::{SdCardLog, SdCardSpec, generate};
-use crate::world::{EPOCH_MS, RAW_TOPIC, World, producer_config, registry_client};
+use crate::world::{EPOCH_MS, PlantedBug, RAW_TOPIC, World, producer_config, registry_client};
 use serde::Serialize;
 use soilstream::backfill::{BackfillOptions, BackfillSummary, NoProgress, run_backfill};
 use soilstream::disk::Disk;
@@ -129,6 +129,7 @@ pub fn sd_card_spec(scenario: &Scenario, seed: u64, index: usize, epoch_ms: i64)
         rounds: backfill.rounds(t),
         interval_ms: backfill.interval_ms(t),
         bad_rows: backfill.bad_rows,
+        format: backfill.card_format,
     }
 }
 
@@ -152,6 +153,7 @@ pub fn start(world: &mut World<'_>, scenario: &Scenario, seed: u64, index: usize
     let producer_config = producer_config(scenario.tick_ms);
     let tick_ms = scenario.tick_ms;
     let max_rate_rows_per_s = backfill.max_rate_rows_per_s;
+    let missing_as_zero = world.planted == PlantedBug::BackfillMissingAsZero;
     let software = {
         let disk_faults = handles.disk_faults.clone();
         let status = handles.status.clone();
@@ -180,6 +182,18 @@ pub fn start(world: &mut World<'_>, scenario: &Scenario, seed: u64, index: usize
                             let mut options = BackfillOptions::new(path, name.as_str());
                             options.topic = RAW_TOPIC.into();
                             options.max_rate_rows_per_s = max_rate_rows_per_s;
+                            options.planted.missing_temperature_as_zero = missing_as_zero;
+                            if let Some(text) = &log.profile {
+                                match soilstream::backfill::profile::Profile::parse(
+                                    text,
+                                    "sd-card-profile.toml",
+                                ) {
+                                    Ok(profile) => options.profile = Some(profile),
+                                    Err(e) => {
+                                        tracing::error!(backfill = %name, error = %e, "the card's profile")
+                                    }
+                                }
+                            }
                             let clock = SimClock::new(ClockControl::new(EPOCH_MS, 0, 0));
                             run_backfill(
                                 options,
@@ -409,10 +423,11 @@ mod tests {
             seq,
             event_time_ms,
             moisture_vwc: 0.2,
-            soil_temp_c: 12.0,
+            soil_temp_c: Some(12.0),
             bulk_ec_ds_m: None,
             depth_cm: 10,
             battery_v: None,
+            source_flag: None,
         }
     }
 
@@ -485,6 +500,7 @@ mod tests {
                 csv: Vec::new(),
                 readings: vec![old_a.clone(), old_b.clone()],
                 bad_lines: vec![4],
+                profile: None,
             }),
             disk_faults: DiskFaults::new(1),
             status: Rc::new(RefCell::new(BackfillStatus {

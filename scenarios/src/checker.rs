@@ -382,10 +382,11 @@ mod tests {
             seq,
             event_time_ms: 1_000 + seq as i64,
             moisture_vwc: 0.2,
-            soil_temp_c: 10.0,
+            soil_temp_c: Some(10.0),
             bulk_ec_ds_m: None,
             depth_cm: 10,
             battery_v: None,
+            source_flag: None,
         }
     }
 

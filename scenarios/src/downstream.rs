@@ -304,7 +304,8 @@ pub fn check_downstream(
             }),
             Some((r, _)) => {
                 let same = r.moisture_vwc * 100.0 == clean.moisture_pct
-                    && r.soil_temp_c.to_bits() == clean.soil_temp_c.to_bits()
+                    && r.soil_temp_c.map(f64::to_bits) == clean.soil_temp_c.map(f64::to_bits)
+                    && r.source_flag == clean.source_flag
                     && r.bulk_ec_ds_m.map(f64::to_bits) == clean.bulk_ec_ds_m.map(f64::to_bits)
                     && r.battery_v.map(f64::to_bits) == clean.battery_v.map(f64::to_bits)
                     && r.depth_cm == clean.depth_cm

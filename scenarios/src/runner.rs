@@ -230,16 +230,14 @@ impl RunResult {
     }
 }
 
-/// Decodes a raw-topic value with the shipped schema, whatever its schema
-/// id (for topics whose writers used the shipped v1 schema; the simulator's
+/// Decodes a raw-topic value written with one of the shipped schemas
+/// soilstream producers write (v1 by the gateway, v3 by the backfill),
+/// whatever its schema id ([`soilstream::decode::decode_shipped_body`]): for
+/// worlds whose registry ids the caller does not track (the simulator's
 /// runner fetches writer schemas from its registry host instead).
 pub fn decode_raw(value: &[u8]) -> Result<Reading, String> {
     let (_id, body) = from_wire(value).map_err(|e| e.to_string())?;
-    // Building a codec parses its schema: do it once per thread, not per value.
-    thread_local! { static CODEC: ReadingCodec = ReadingCodec::v1(); }
-    CODEC
-        .with(|codec| codec.decode_body(body))
-        .map_err(|e| e.to_string())
+    soilstream::decode::decode_shipped_body(body).map_err(|e| e.to_string())
 }
 
 /// Attempts to reach the registry for one schema id before its records are
@@ -252,7 +250,7 @@ const REGISTRY_FETCH_ATTEMPTS_MAX: u32 = 10;
 /// [`REGISTRY_FETCH_ATTEMPTS_MAX`] attempts; its records are undecodable
 /// (the checker's `corrupt`).
 async fn decode_with_registry(records: &[ConsumedRecord], tick_ms: u64) -> Vec<Result<Reading, String>> {
-    let decoder = ReadingDecoder::with_registry(Rc::new(registry_client(tick_ms)), ReadingCodec::v1());
+    let decoder = ReadingDecoder::with_registry(Rc::new(registry_client(tick_ms)), ReadingCodec::reader());
     let retry_delay = Duration::from_millis(tick_ms.max(1_000));
     let mut given_up: BTreeSet<u32> = BTreeSet::new();
     let mut decoded = Vec::with_capacity(records.len());

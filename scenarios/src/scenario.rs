@@ -305,6 +305,10 @@ pub struct Backfill {
     /// Downtime after `crash_after_s`, s.
     #[serde(default = "default_backfill_down_s")]
     pub down_s: u64,
+    /// The card's layout: `long-csv` (default) or `toa5` (a Campbell table,
+    /// read with the profile the card carries).
+    #[serde(default)]
+    pub card_format: crate::sdcard::CardFormat,
 }
 
 fn default_backfill_down_s() -> u64 {

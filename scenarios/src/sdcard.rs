@@ -14,6 +14,18 @@
 //! integer epoch milliseconds. Rows chosen from the seed can be garbled the
 //! ways failing loggers garble them (an error code for a value, an empty
 //! timestamp, a line cut short); the backfill must reject exactly those.
+//! Rows chosen from the seed (about one in [`MISSING_TEMPERATURE_ONE_IN`])
+//! have no temperature: the temperature probe failed and the logger wrote
+//! `NAN`, as Campbell loggers do. Their readings carry no temperature: the
+//! backfill must not invent one.
+//!
+//! A card is written in one of two layouts ([`CardFormat`]): our long CSV
+//! (one row per probe and round), or a Campbell Scientific TOA5 table (four
+//! header lines, then one line per round with a `VWC_i, T_i, EC_i, BattV_i`
+//! column group per probe, `"NAN"` for a missing value, naive UTC times with
+//! milliseconds), which the backfill reads with the mapping profile the log
+//! carries ([`SdCardLog::profile`]). In a TOA5 card a garbled line (an empty
+//! timestamp, a line cut short) rejects every reading on it.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +36,20 @@ use std::fmt::Write as _;
 
 /// The header row of a generated log.
 pub const SD_CARD_HEADER: &str = "sensor_id,timestamp,moisture_vwc,soil_temp_c,ec,depth_cm,battery_v";
+
+/// About one row in this many has a missing (`NAN`) temperature.
+pub const MISSING_TEMPERATURE_ONE_IN: u32 = 32;
+
+/// The layout of a generated card.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CardFormat {
+    /// soilstream's long CSV.
+    #[default]
+    LongCsv,
+    /// A Campbell Scientific TOA5 table, one line per round.
+    Toa5,
+}
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +68,10 @@ pub struct SdCardSpec {
     pub rounds: u64,
     /// Time between rounds, ms.
     pub interval_ms: u64,
-    /// Rows to garble (at most the number of rows).
+    /// Rows to garble (at most the number of rows; lines of a TOA5 card).
     pub bad_rows: u64,
+    /// The layout.
+    pub format: CardFormat,
 }
 
 /// A generated log.
@@ -55,6 +83,9 @@ pub struct SdCardLog {
     pub readings: Vec<Reading>,
     /// Line numbers of the garbled rows, ascending.
     pub bad_lines: Vec<u64>,
+    /// The backfill's mapping profile (TOML) for a TOA5 card: one
+    /// `[[sensor]]` per probe, naive times in UTC.
+    pub profile: Option<String>,
 }
 
 /// Generates the log described by `spec`.
@@ -67,36 +98,26 @@ pub fn generate(spec: &SdCardSpec) -> SdCardLog {
 /// see [`crate::observe::TimeAxis`]). Values, identities and garbled rows
 /// are those of [`generate`]; only the timestamps differ.
 pub fn generate_mapped(spec: &SdCardSpec, event_time: impl Fn(i64) -> i64) -> SdCardLog {
+    if spec.format == CardFormat::Toa5 {
+        return generate_toa5(spec, event_time);
+    }
     let rows = spec.rounds * u64::from(spec.sensors);
     let bad_rows = pick_bad_rows(spec.seed, rows, spec.bad_rows.min(rows));
-    let mut simulator = SensorSimulator::new(SimulatorConfig {
-        seed: spec.seed,
-        sensors: spec.sensors,
-        sensor_prefix: spec.sensor_prefix.clone(),
-        ..SimulatorConfig::default()
-    });
+    let mut simulator = card_simulator(spec);
     let mut csv = String::with_capacity((rows as usize + 1) * 72);
     csv.push_str(SD_CARD_HEADER);
     csv.push('\n');
     let mut readings = Vec::with_capacity((rows - bad_rows.len() as u64) as usize);
     let mut bad_lines = Vec::with_capacity(bad_rows.len());
     let mut row: u64 = 0;
+    let mut missing = ChaCha8Rng::seed_from_u64(spec.seed);
+    missing.set_stream(2);
     for round in 0..spec.rounds {
         let event_time_ms = event_time(spec.from_ms + (round * spec.interval_ms) as i64);
         for measurement in simulator.sample(event_time_ms) {
             // Line 1 is the header.
             let line = row + 2;
-            let reading = Reading {
-                gateway_id: spec.gateway_id.clone(),
-                sensor_id: measurement.sensor_id,
-                seq: line,
-                event_time_ms,
-                moisture_vwc: measurement.moisture_vwc,
-                soil_temp_c: measurement.soil_temp_c,
-                bulk_ec_ds_m: measurement.bulk_ec_ds_m,
-                depth_cm: measurement.depth_cm,
-                battery_v: measurement.battery_v,
-            };
+            let reading = card_reading(spec, measurement, line, event_time_ms, &mut missing);
             if bad_rows.contains(&row) {
                 write_garbled_row(&mut csv, &reading, bad_lines.len());
                 bad_lines.push(line);
@@ -111,6 +132,136 @@ pub fn generate_mapped(spec: &SdCardSpec, event_time: impl Fn(i64) -> i64) -> Sd
         csv: csv.into_bytes(),
         readings,
         bad_lines,
+        profile: None,
+    }
+}
+
+/// The probes whose values a card holds.
+fn card_simulator(spec: &SdCardSpec) -> SensorSimulator {
+    SensorSimulator::new(SimulatorConfig {
+        seed: spec.seed,
+        sensors: spec.sensors,
+        sensor_prefix: spec.sensor_prefix.clone(),
+        ..SimulatorConfig::default()
+    })
+}
+
+/// The reading a card's `line` holds for `measurement`: about one in
+/// [`MISSING_TEMPERATURE_ONE_IN`] without its temperature (drawn from
+/// `missing`).
+fn card_reading(
+    spec: &SdCardSpec,
+    measurement: soilstream::source::Measurement,
+    line: u64,
+    event_time_ms: i64,
+    missing: &mut ChaCha8Rng,
+) -> Reading {
+    Reading {
+        gateway_id: spec.gateway_id.clone(),
+        sensor_id: measurement.sensor_id,
+        seq: line,
+        event_time_ms,
+        moisture_vwc: measurement.moisture_vwc,
+        soil_temp_c: (missing.random_range(0..MISSING_TEMPERATURE_ONE_IN) != 0)
+            .then_some(measurement.soil_temp_c),
+        bulk_ec_ds_m: measurement.bulk_ec_ds_m,
+        depth_cm: measurement.depth_cm,
+        battery_v: measurement.battery_v,
+        source_flag: None,
+    }
+}
+
+/// Lines before the first data line of a TOA5 card.
+const TOA5_HEADER_LINES: u64 = 4;
+
+fn toa5_cell(value: Option<f64>) -> String {
+    value.map_or_else(|| "\"NAN\"".to_owned(), |v| v.to_string())
+}
+
+fn generate_toa5(spec: &SdCardSpec, event_time: impl Fn(i64) -> i64) -> SdCardLog {
+    let bad_rounds = pick_bad_rows(spec.seed, spec.rounds, spec.bad_rows.min(spec.rounds));
+    let mut simulator = card_simulator(spec);
+    let mut missing = ChaCha8Rng::seed_from_u64(spec.seed);
+    missing.set_stream(2);
+    let probes = spec.sensors as usize;
+    let mut text = String::with_capacity((spec.rounds as usize + 4) * (24 + probes * 32));
+    let _ = writeln!(
+        text,
+        "\"TOA5\",\"{}\",\"CR1000X\",\"1\",\"CR1000X.Std.04\",\"CPU:soilstream-sim.CR1X\",\"1\",\"Table1\"",
+        spec.gateway_id
+    );
+    let group = |i: usize, cells: [&str; 4]| {
+        cells
+            .map(|c| format!("\"{c}\""))
+            .join(",")
+            .replace("{i}", &i.to_string())
+    };
+    let groups = |cells: [&str; 4]| (0..probes).map(|i| group(i, cells)).collect::<Vec<_>>().join(",");
+    let _ = writeln!(
+        text,
+        "\"TIMESTAMP\",\"RECORD\",{}",
+        groups(["VWC_{i}", "T_{i}", "EC_{i}", "BattV_{i}"])
+    );
+    let _ = writeln!(
+        text,
+        "\"TS\",\"RN\",{}",
+        groups(["m^3/m^3", "Deg C", "dS/m", "Volts"])
+    );
+    let _ = writeln!(text, "\"\",\"\",{}", groups(["Avg", "Avg", "Avg", "Smp"]));
+    let mut readings = Vec::with_capacity((spec.rounds * u64::from(spec.sensors)) as usize);
+    let mut bad_lines = Vec::with_capacity(bad_rounds.len());
+    let mut depths: Vec<(String, i32)> = Vec::with_capacity(probes);
+    for round in 0..spec.rounds {
+        let line = TOA5_HEADER_LINES + 1 + round;
+        let event_time_ms = event_time(spec.from_ms + (round * spec.interval_ms) as i64);
+        let stamp = jiff::Timestamp::from_millisecond(event_time_ms)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_default();
+        let mut cells = Vec::with_capacity(probes * 4);
+        let mut round_readings = Vec::with_capacity(probes);
+        for (index, measurement) in simulator.sample(event_time_ms).into_iter().enumerate() {
+            if depths.len() < probes {
+                depths.push((measurement.sensor_id.clone(), measurement.depth_cm));
+            }
+            assert_eq!(
+                depths[index],
+                (measurement.sensor_id.clone(), measurement.depth_cm),
+                "a probe keeps its id and depth: the profile names them once"
+            );
+            let reading = card_reading(spec, measurement, line, event_time_ms, &mut missing);
+            cells.push(reading.moisture_vwc.to_string());
+            cells.push(toa5_cell(reading.soil_temp_c));
+            cells.push(toa5_cell(reading.bulk_ec_ds_m));
+            cells.push(toa5_cell(reading.battery_v));
+            round_readings.push(reading);
+        }
+        if bad_rounds.contains(&round) {
+            if bad_lines.len() % 2 == 0 {
+                // The logger's clock was not set.
+                let _ = writeln!(text, "\"\",{round},{}", cells.join(","));
+            } else {
+                // Power failed mid-write: the line is cut short.
+                let _ = writeln!(text, "\"{stamp}\",{round},{}", cells[..1].join(","));
+            }
+            bad_lines.push(line);
+        } else {
+            let _ = writeln!(text, "\"{stamp}\",{round},{}", cells.join(","));
+            readings.extend(round_readings);
+        }
+    }
+    let mut profile = String::from("format = \"toa5\"\nutc_offset = \"+00:00\"\n");
+    for (i, (sensor_id, depth_cm)) in depths.iter().enumerate() {
+        let _ = write!(
+            profile,
+            "\n[[sensor]]\nsensor_id = \"{sensor_id}\"\ndepth_cm = {depth_cm}\nmoisture = \"VWC_{i}\"\n\
+             temperature = \"T_{i}\"\nec = \"EC_{i}\"\nbattery = \"BattV_{i}\"\n"
+        );
+    }
+    SdCardLog {
+        csv: text.into_bytes(),
+        readings,
+        bad_lines,
+        profile: Some(profile),
     }
 }
 
@@ -133,6 +284,11 @@ fn optional(value: Option<f64>) -> String {
     value.map_or_else(String::new, |v| v.to_string())
 }
 
+/// A temperature cell: the value, or the logger's `NAN` when the probe gave none.
+fn temperature(value: Option<f64>) -> String {
+    value.map_or_else(|| "NAN".to_owned(), |v| v.to_string())
+}
+
 fn write_row(csv: &mut String, r: &Reading) {
     let _ = writeln!(
         csv,
@@ -140,7 +296,7 @@ fn write_row(csv: &mut String, r: &Reading) {
         r.sensor_id,
         r.event_time_ms,
         r.moisture_vwc,
-        r.soil_temp_c,
+        temperature(r.soil_temp_c),
         optional(r.bulk_ec_ds_m),
         r.depth_cm,
         optional(r.battery_v)
@@ -156,7 +312,7 @@ fn write_garbled_row(csv: &mut String, r: &Reading, nth: usize) {
             "{},{},ERR,{},{},{},{}",
             r.sensor_id,
             r.event_time_ms,
-            r.soil_temp_c,
+            temperature(r.soil_temp_c),
             optional(r.bulk_ec_ds_m),
             r.depth_cm,
             optional(r.battery_v)
@@ -167,7 +323,7 @@ fn write_garbled_row(csv: &mut String, r: &Reading, nth: usize) {
             "{},,{},{},{},{},{}",
             r.sensor_id,
             r.moisture_vwc,
-            r.soil_temp_c,
+            temperature(r.soil_temp_c),
             optional(r.bulk_ec_ds_m),
             r.depth_cm,
             optional(r.battery_v)
@@ -191,6 +347,7 @@ mod tests {
             rounds: 50,
             interval_ms: 60_000,
             bad_rows,
+            format: CardFormat::LongCsv,
         }
     }
 
@@ -209,6 +366,48 @@ mod tests {
         let last = log.readings.last().unwrap();
         assert_eq!(last.event_time_ms, 1_777_600_000_000 + 49 * 60_000);
         assert_eq!(generate(&spec(0)), log, "the same spec gives the same log");
+    }
+
+    #[test]
+    fn a_toa5_card_decodes_with_its_profile_to_exactly_its_readings() {
+        use soilstream::backfill::format::{CellRules, decode_all};
+        use soilstream::backfill::profile::Profile;
+        let toa5 = SdCardSpec {
+            format: CardFormat::Toa5,
+            ..spec(6)
+        };
+        let log = generate(&toa5);
+        assert_eq!(log.bad_lines.len(), 6);
+        assert_eq!(log.readings.len(), (50 - 6) * 3);
+        assert!(
+            log.readings.iter().any(|r| r.soil_temp_c.is_none()),
+            "NAN temperatures"
+        );
+        let profile = Profile::parse(log.profile.as_deref().unwrap(), "card.toml").unwrap();
+        let rules = CellRules {
+            utc_offset: profile.utc_offset,
+            profile,
+            default_depth_cm: None,
+        };
+        let (_, rows, errors) = decode_all(&log.csv, std::path::Path::new("card.dat"), None, rules).unwrap();
+        let error_lines: Vec<u64> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(error_lines, log.bad_lines);
+        assert_eq!(rows.len(), log.readings.len());
+        for (row, reading) in rows.iter().zip(&log.readings) {
+            let decoded = Reading {
+                gateway_id: reading.gateway_id.clone(),
+                sensor_id: row.sensor_id.clone(),
+                seq: row.line,
+                event_time_ms: row.event_time_ms,
+                moisture_vwc: row.moisture_vwc,
+                soil_temp_c: row.soil_temp_c,
+                bulk_ec_ds_m: row.bulk_ec_ds_m,
+                depth_cm: row.depth_cm,
+                battery_v: row.battery_v,
+                source_flag: row.source_flag.clone(),
+            };
+            assert!(decoded.same_values(reading), "{decoded:?} != {reading:?}");
+        }
     }
 
     #[test]
@@ -239,7 +438,10 @@ mod tests {
             assert_eq!(row.sensor_id, reading.sensor_id);
             assert_eq!(row.event_time_ms, reading.event_time_ms);
             assert_eq!(row.moisture_vwc.to_bits(), reading.moisture_vwc.to_bits());
-            assert_eq!(row.soil_temp_c.to_bits(), reading.soil_temp_c.to_bits());
+            assert_eq!(
+                row.soil_temp_c.map(f64::to_bits),
+                reading.soil_temp_c.map(f64::to_bits)
+            );
             assert_eq!(row.bulk_ec_ds_m, reading.bulk_ec_ds_m);
             assert_eq!(row.depth_cm, reading.depth_cm);
             assert_eq!(row.battery_v, reading.battery_v);

@@ -75,11 +75,13 @@ pub enum PlantedBug {
     ArchiveWallClockFileNames,
     /// Archive recovery keeps the files of uncommitted batches.
     ArchiveRecoveryKeepsUncommitted,
+    /// The backfill sends a missing (`NAN`) temperature as 0 °C.
+    BackfillMissingAsZero,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 11] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::AckBeforeSync,
         PlantedBug::CursorBeforeDelivery,
         PlantedBug::TruncateAtFirstBadCrc,
@@ -91,6 +93,7 @@ impl PlantedBug {
         PlantedBug::ArchiveOffsetsBeforeMarker,
         PlantedBug::ArchiveWallClockFileNames,
         PlantedBug::ArchiveRecoveryKeepsUncommitted,
+        PlantedBug::BackfillMissingAsZero,
     ];
 
     /// The name used on the command line.
@@ -108,6 +111,7 @@ impl PlantedBug {
             PlantedBug::ArchiveOffsetsBeforeMarker => "archive-offsets-before-marker",
             PlantedBug::ArchiveWallClockFileNames => "archive-wall-clock-file-names",
             PlantedBug::ArchiveRecoveryKeepsUncommitted => "archive-recovery-keeps-uncommitted",
+            PlantedBug::BackfillMissingAsZero => "backfill-missing-as-zero",
         }
     }
 
@@ -172,6 +176,9 @@ pub struct World<'a> {
     pub hostile_writers: u32,
     /// The shared ledger.
     pub ledger: Rc<RefCell<Ledger>>,
+    /// The bug planted in this run (components that live outside the hosts
+    /// built here, such as a backfill, read it when they start).
+    pub planted: PlantedBug,
 }
 
 impl World<'_> {
@@ -451,6 +458,7 @@ pub fn build<'a>(scenario: &Scenario, seed: u64, planted: PlantedBug) -> World<'
         hostile_failures: Rc::new(RefCell::new(Vec::new())),
         hostile_writers: 0,
         ledger,
+        planted,
     }
 }
 

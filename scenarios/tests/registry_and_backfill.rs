@@ -88,3 +88,22 @@ fn an_sd_card_log_is_backfilled_behind_the_live_stream() {
         assert!(backfill.late_records >= 1_000, "{summary}");
     });
 }
+
+#[test]
+fn a_toa5_card_is_backfilled_with_its_profile_through_a_crash() {
+    let scenario = load("backfill-toa5-card.toml");
+    over_seeds(&scenario, |result| {
+        let summary = result.summary();
+        assert_eq!(result.backfills.len(), 1, "{summary}");
+        let backfill = &result.backfills[0];
+        // 360 lines of 4 readings, 3 lines garbled: each garbled line is one
+        // rejected row, its readings never sent.
+        assert_eq!(backfill.bad_rows, 3, "{summary}");
+        assert_eq!(backfill.rows, (360 - 3) * 4 + 3, "{summary}");
+        assert_eq!(backfill.delivered_unique, (360 - 3) * 4, "{summary}");
+        assert_eq!(backfill.rejected, 3, "{summary}");
+        assert_eq!(backfill.boots, 2, "{summary}");
+        assert!(backfill.skipped_done > 0, "{summary}");
+        assert!(backfill.late_records >= 300, "{summary}");
+    });
+}

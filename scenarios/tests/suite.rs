@@ -77,7 +77,11 @@ fn passes_ci_seeds(name: &str) {
 
 /// Scenario files with their own test file (extra assertions):
 /// `tests/registry_and_backfill.rs`.
-const SCENARIOS_TESTED_ELSEWHERE: [&str; 2] = ["backfill-after-power-outage", "registry-outage"];
+const SCENARIOS_TESTED_ELSEWHERE: [&str; 3] = [
+    "backfill-after-power-outage",
+    "backfill-toa5-card",
+    "registry-outage",
+];
 
 /// Every other file in `scenarios/`, each with its own test below.
 const SCENARIOS: [&str; 17] = [
@@ -373,6 +377,17 @@ fn planted_archive_wall_clock_file_names_is_caught() {
         "backfill-windows",
         PlantedBug::ArchiveWallClockFileNames,
         ArchiveAnomaly::MisfiledArchive,
+    );
+}
+
+#[test]
+fn planted_backfill_missing_as_zero_is_caught() {
+    // The SD card has NAN temperatures (about one row in 32): a backfill
+    // that sends them as 0 degC changes readings the ledger holds.
+    caught(
+        "backfill-windows",
+        PlantedBug::BackfillMissingAsZero,
+        AnomalyKind::Corrupt,
     );
 }
 

@@ -24,6 +24,20 @@ pub const SOIL_READING_SCHEMA_V1: &str = include_str!("../../schemas/soil_readin
 /// version 1.
 pub const SOIL_READING_SCHEMA_V2: &str = include_str!("../../schemas/soil_reading_v2.avsc");
 
+/// Version 3 of the reading schema, as shipped in
+/// `schemas/soil_reading_v3.avsc`: version 2 with `soil_temp_c` optional
+/// (`["null", "double"]`, default null) and the provider's `source_flag`
+/// (optional string). Backward compatible with versions 1 and 2 (a v3
+/// reader reads their data), not forward: a v1 or v2 reader fails, with a
+/// typed error naming `soil_temp_c`, on a v3 reading that has no
+/// temperature. Consumers therefore move to v3 before any producer writes
+/// it (Confluent's BACKWARD upgrade order).
+pub const SOIL_READING_SCHEMA_V3: &str = include_str!("../../schemas/soil_reading_v3.avsc");
+
+/// The schema consumers read with: the newest version, which reads data
+/// written with every earlier one.
+pub const SOIL_READING_READER_SCHEMA: &str = SOIL_READING_SCHEMA_V3;
+
 /// The Confluent wire-format magic byte.
 pub const WIRE_MAGIC: u8 = 0;
 
@@ -75,33 +89,55 @@ fn limit_avro_allocations() {
 #[derive(Debug, Clone)]
 pub struct ReadingCodec {
     schema: Schema,
+    /// Whether the schema's `soil_temp_c` is a plain double (versions 1 and
+    /// 2): a reading without a temperature cannot be written with it.
+    temperature_required: bool,
 }
 
 impl ReadingCodec {
-    /// The codec for the shipped v1 schema.
+    /// The codec for the shipped v1 schema (what the gateway's spool stores
+    /// and the gateway sends).
     pub fn v1() -> Self {
         Self::from_schema_text(SOIL_READING_SCHEMA_V1).expect("the shipped v1 schema parses")
+    }
+
+    /// The codec for the shipped v3 schema (what the backfill writes).
+    pub fn v3() -> Self {
+        Self::from_schema_text(SOIL_READING_SCHEMA_V3).expect("the shipped v3 schema parses")
+    }
+
+    /// The codec consumers decode with ([`SOIL_READING_READER_SCHEMA`]).
+    pub fn reader() -> Self {
+        Self::v3()
     }
 
     /// A codec whose writer (and reader) schema is `text`.
     pub fn from_schema_text(text: &str) -> Result<Self, CodecError> {
         limit_avro_allocations();
         let schema = Schema::parse_str(text).map_err(|e| CodecError::Schema(e.to_string()))?;
-        match &schema {
+        let temperature_required = match &schema {
             Schema::Record(record) => {
                 for required in ["gateway_id", "sensor_id", "seq", "event_time"] {
                     if !record.lookup.contains_key(required) {
                         return Err(CodecError::NotAReadingSchema(format!("no field `{required}`")));
                     }
                 }
+                record
+                    .fields
+                    .iter()
+                    .find(|field| field.name == "soil_temp_c")
+                    .is_some_and(|field| !matches!(field.schema, Schema::Union(_)))
             }
             other => {
                 return Err(CodecError::NotAReadingSchema(format!(
                     "top level is {other:?}, expected a record"
                 )));
             }
-        }
-        Ok(Self { schema })
+        };
+        Ok(Self {
+            schema,
+            temperature_required,
+        })
     }
 
     /// The parsed schema.
@@ -121,6 +157,11 @@ impl ReadingCodec {
         reading
             .check_structure()
             .map_err(|e| CodecError::Invalid(e.to_string()))?;
+        if self.temperature_required && reading.soil_temp_c.is_none() {
+            return Err(CodecError::Invalid(
+                "field `soil_temp_c`: no value, and this schema version requires one (version 3 makes it optional)".into(),
+            ));
+        }
         let value = reading_to_value(reading)
             .resolve(&self.schema)
             .map_err(|e| CodecError::Invalid(e.to_string()))?;
@@ -196,10 +237,17 @@ fn reading_to_value(r: &Reading) -> Value {
         ("seq".into(), Value::Long(r.seq as i64)),
         ("event_time".into(), Value::TimestampMillis(r.event_time_ms)),
         ("moisture_vwc".into(), Value::Double(r.moisture_vwc)),
-        ("soil_temp_c".into(), Value::Double(r.soil_temp_c)),
+        (
+            "soil_temp_c".into(),
+            r.soil_temp_c.map_or(Value::Null, Value::Double),
+        ),
         ("bulk_ec_ds_m".into(), optional_double(r.bulk_ec_ds_m)),
         ("depth_cm".into(), Value::Int(r.depth_cm)),
         ("battery_v".into(), optional_double(r.battery_v)),
+        (
+            "source_flag".into(),
+            r.source_flag.clone().map_or(Value::Null, Value::String),
+        ),
     ])
 }
 
@@ -247,6 +295,17 @@ fn take_optional_double(field: &'static str, value: Option<Value>) -> Result<Opt
     }
 }
 
+fn take_optional_string(field: &'static str, value: Option<Value>) -> Result<Option<String>, CodecError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Union(_, inner)) => match *inner {
+            Value::Null => Ok(None),
+            other => take_string(field, Some(other)).map(Some),
+        },
+        Some(other) => take_string(field, Some(other)).map(Some),
+    }
+}
+
 fn value_to_reading(value: Value) -> Result<Reading, CodecError> {
     let Value::Record(fields) = value else {
         return Err(field_error("<record>", "decoded value is not a record"));
@@ -260,6 +319,7 @@ fn value_to_reading(value: Value) -> Result<Reading, CodecError> {
     let mut ec = None;
     let mut depth = None;
     let mut battery = None;
+    let mut source_flag = None;
     for (name, v) in fields {
         match name.as_str() {
             "gateway_id" => gateway_id = Some(v),
@@ -271,6 +331,7 @@ fn value_to_reading(value: Value) -> Result<Reading, CodecError> {
             "bulk_ec_ds_m" => ec = Some(v),
             "depth_cm" => depth = Some(v),
             "battery_v" => battery = Some(v),
+            "source_flag" => source_flag = Some(v),
             _ => {} // fields added by later schema versions
         }
     }
@@ -289,10 +350,11 @@ fn value_to_reading(value: Value) -> Result<Reading, CodecError> {
         seq: seq as u64,
         event_time_ms: take_long("event_time", event_time)?,
         moisture_vwc: take_double("moisture_vwc", moisture)?,
-        soil_temp_c: take_double("soil_temp_c", temp)?,
+        soil_temp_c: take_optional_double("soil_temp_c", temp)?,
         bulk_ec_ds_m: take_optional_double("bulk_ec_ds_m", ec)?,
         depth_cm,
         battery_v: take_optional_double("battery_v", battery)?,
+        source_flag: take_optional_string("source_flag", source_flag)?,
     })
 }
 
@@ -339,7 +401,7 @@ mod tests {
     fn invalid_readings_are_rejected_before_encoding() {
         let codec = ReadingCodec::v1();
         let mut r = sample("p", 1);
-        r.soil_temp_c = f64::INFINITY;
+        r.soil_temp_c = Some(f64::INFINITY);
         assert!(matches!(codec.encode_body(&r), Err(CodecError::Invalid(_))));
     }
 }

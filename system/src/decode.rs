@@ -15,6 +15,38 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+/// Decodes a body written with one of the shipped schemas soilstream
+/// producers write, without knowing which: v1 (the gateway) when it decodes
+/// as v1 with no byte left over and encodes back to exactly the same bytes
+/// (when it can be encoded at all), else v3 (the backfill) under the same
+/// rule. For consumers without a registry (`consume` without `--registry`,
+/// the real-world checkers). A v3 body does not pass as v1: the union branch
+/// before its temperature shifts the double by a byte, which puts the
+/// double's sign-and-exponent byte where v1 expects the EC union's branch
+/// index (0 or 2); a soil temperature's top byte is 0x3F, 0x40, 0xBF or 0xC0.
+pub fn decode_shipped_body(body: &[u8]) -> Result<Reading, CodecError> {
+    // Building a codec parses its schema: do it once per thread, not per value.
+    thread_local! {
+        static CODECS: [ReadingCodec; 2] = [ReadingCodec::v1(), ReadingCodec::v3()];
+    }
+    CODECS.with(|codecs| {
+        let mut first_error = None;
+        for codec in codecs {
+            match codec.decode_body(body) {
+                Ok(reading) if codec.encode_body(&reading).map_or(true, |again| again == body) => {
+                    return Ok(reading);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error
+            .unwrap_or_else(|| CodecError::Undecodable("no shipped schema decodes it byte for byte".into())))
+    })
+}
+
 /// Most writer schemas cached.
 pub const WRITER_SCHEMAS_CACHED_MAX: usize = 1_024;
 
@@ -66,11 +98,13 @@ pub struct ReadingDecoder {
 type WriterSchema = (Schema, bool);
 
 impl ReadingDecoder {
-    /// Decodes every value as written with the shipped v1 schema, whatever
-    /// its schema id (for topics whose producers used the in-process registry).
+    /// Decodes values without a registry: whatever the schema id, a body
+    /// written with one of the shipped schemas soilstream producers write
+    /// (v1 by the gateway, v3 by the backfill), told apart by
+    /// [`decode_shipped_body`].
     pub fn without_registry() -> Self {
         Self {
-            reader: ReadingCodec::v1(),
+            reader: ReadingCodec::reader(),
             registry: None,
             writers: RefCell::new(BTreeMap::new()),
         }
@@ -90,8 +124,7 @@ impl ReadingDecoder {
         let value = value.ok_or_else(|| DecodeError::Wire("no value (tombstone)".into()))?;
         let (id, body) = from_wire(value).map_err(|e| DecodeError::Wire(e.to_string()))?;
         let Some(registry) = &self.registry else {
-            let reading = self.reader.decode_body(body).map_err(|e| undecodable(id, e))?;
-            return Ok((id, reading));
+            return Ok((id, decode_shipped_body(body).map_err(|e| undecodable(id, e))?));
         };
         let cached = self.writers.borrow().get(&id).cloned();
         let writer = match cached {
@@ -155,10 +188,11 @@ mod tests {
             seq: 3,
             event_time_ms: 1_000,
             moisture_vwc: 0.2,
-            soil_temp_c: 9.5,
+            soil_temp_c: Some(9.5),
             bulk_ec_ds_m: None,
             depth_cm: 10,
             battery_v: Some(3.5),
+            source_flag: None,
         }
     }
 
@@ -193,5 +227,27 @@ mod tests {
             plain.decode(Some(&to_wire(1, &[0xff; 3]))).await,
             Err(DecodeError::Undecodable { id: 1, .. })
         ));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_a_registry_v1_and_v3_bodies_are_told_apart_whatever_the_id() {
+        let plain = ReadingDecoder::without_registry();
+        let v1 = to_wire(7, &ReadingCodec::v1().encode_body(&reading()).unwrap());
+        assert_eq!(plain.decode(Some(&v1)).await.unwrap(), (7, reading()));
+        for soil_temp_c in [None, Some(0.0), Some(-12.5), Some(0.5), Some(35.0)] {
+            let flagged = Reading {
+                soil_temp_c,
+                source_flag: Some("G".into()),
+                ..reading()
+            };
+            let v3 = to_wire(2, &ReadingCodec::v3().encode_body(&flagged).unwrap());
+            assert_eq!(plain.decode(Some(&v3)).await.unwrap(), (2, flagged));
+            let unflagged = Reading {
+                soil_temp_c,
+                ..reading()
+            };
+            let v3 = ReadingCodec::v3().encode_body(&unflagged).unwrap();
+            assert_eq!(decode_shipped_body(&v3).unwrap(), unflagged);
+        }
     }
 }

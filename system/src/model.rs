@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 /// Upper bound on the length of a gateway or sensor identifier, in bytes.
 pub const ID_MAX_BYTES: usize = 128;
 
+/// Upper bound on the length of a provider's quality flag, in bytes (ISMN's
+/// longest combinations, such as `D01,D02,D03,D04,D05`, take 19).
+pub const SOURCE_FLAG_MAX_BYTES: usize = 64;
+
 /// One measurement of one soil probe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
@@ -23,14 +27,21 @@ pub struct Reading {
     pub event_time_ms: i64,
     /// Volumetric water content in m3/m3; 0.0-1.0 for a physically valid reading.
     pub moisture_vwc: f64,
-    /// Soil temperature in degrees Celsius.
-    pub soil_temp_c: f64,
+    /// Soil temperature in degrees Celsius; `None` when the source did not
+    /// record one (a field log's missing value: never invented).
+    pub soil_temp_c: Option<f64>,
     /// Bulk electrical conductivity in dS/m, if the probe measures it.
     pub bulk_ec_ds_m: Option<f64>,
     /// Installation depth below the surface in cm.
     pub depth_cm: i32,
     /// Supply voltage of the probe or logger in volts, if reported.
     pub battery_v: Option<f64>,
+    /// The data provider's own quality flag, verbatim (an ISMN flag such as
+    /// `D03,D05`, a logger status column); `None` when the source has none.
+    /// Carried to the clean topic and the archive so QA/QC's flags can be
+    /// compared with the provider's.
+    #[serde(default)]
+    pub source_flag: Option<String>,
 }
 
 /// The identity of a reading: unique across the whole network.
@@ -65,10 +76,11 @@ impl Reading {
             && self.seq == other.seq
             && self.event_time_ms == other.event_time_ms
             && self.moisture_vwc.to_bits() == other.moisture_vwc.to_bits()
-            && self.soil_temp_c.to_bits() == other.soil_temp_c.to_bits()
+            && bits(self.soil_temp_c) == bits(other.soil_temp_c)
             && bits(self.bulk_ec_ds_m) == bits(other.bulk_ec_ds_m)
             && self.depth_cm == other.depth_cm
             && bits(self.battery_v) == bits(other.battery_v)
+            && self.source_flag == other.source_flag
     }
 
     /// Checks the structural rules every reading must satisfy before it may
@@ -81,7 +93,9 @@ impl Reading {
         if !self.moisture_vwc.is_finite() {
             return Err(InvalidReading::new("moisture_vwc", "not a finite number"));
         }
-        if !self.soil_temp_c.is_finite() {
+        if let Some(t) = self.soil_temp_c
+            && !t.is_finite()
+        {
             return Err(InvalidReading::new("soil_temp_c", "not a finite number"));
         }
         if let Some(ec) = self.bulk_ec_ds_m
@@ -93,6 +107,14 @@ impl Reading {
             && !v.is_finite()
         {
             return Err(InvalidReading::new("battery_v", "not a finite number"));
+        }
+        if let Some(flag) = &self.source_flag {
+            if flag.len() > SOURCE_FLAG_MAX_BYTES {
+                return Err(InvalidReading::new("source_flag", "longer than 64 bytes"));
+            }
+            if flag.chars().any(|c| c.is_control()) {
+                return Err(InvalidReading::new("source_flag", "contains control characters"));
+            }
         }
         if self.seq > i64::MAX as u64 {
             return Err(InvalidReading::new("seq", "does not fit an Avro long"));
@@ -145,10 +167,11 @@ pub(crate) mod tests {
             seq,
             event_time_ms: 1_700_000_000_000 + seq as i64 * 60_000,
             moisture_vwc: 0.31,
-            soil_temp_c: 14.5,
+            soil_temp_c: Some(14.5),
             bulk_ec_ds_m: Some(0.42),
             depth_cm: 30,
             battery_v: None,
+            source_flag: None,
         }
     }
 
@@ -159,7 +182,7 @@ pub(crate) mod tests {
         assert!(a.same_values(&a.clone()));
         assert_ne!(a, a.clone());
         let mut b = a.clone();
-        b.soil_temp_c += 0.01;
+        b.soil_temp_c = b.soil_temp_c.map(|t| t + 0.01);
         assert!(!a.same_values(&b));
     }
 

@@ -1,5 +1,8 @@
 //! Property-based fuzzing of the decoders that read bytes from outside: the
-//! Confluent wire format, Avro bodies of readings and of every qaqc output.
+//! Confluent wire format, Avro bodies of readings (v1 and v3) and of every
+//! qaqc output, and the field-log formats the backfill reads (long and wide
+//! CSV, TOA5, ISMN; arbitrary bytes and mutations of the real fixtures,
+//! with and without a profile).
 //! Arbitrary bytes and mutations of valid values must give a value or a
 //! typed error, never a panic, and a length field claiming gigabytes must
 //! be refused before anything that size is allocated.
@@ -19,10 +22,11 @@ fn reading(seq: u64, moisture_vwc: f64) -> Reading {
         seq,
         event_time_ms: 1_717_000_000_000,
         moisture_vwc,
-        soil_temp_c: 12.25,
+        soil_temp_c: Some(12.25),
         bulk_ec_ds_m: Some(0.61),
         depth_cm: 45,
         battery_v: None,
+        source_flag: None,
     }
 }
 
@@ -71,6 +75,46 @@ fn apply(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
 
 /// Decodes `value` as the raw topic's consumers do: wire format, then the
 /// shipped schema. Must not panic.
+/// Real field-log fixtures (each is decoded with and without a profile).
+const FIELD_LOGS: [&str; 3] = [
+    "toa5/campbell_scientific_tao5.excerpt.dat",
+    "ismn/header_values/RSMN/Adamclisi/RSMN_RSMN_Adamclisi_sm_0.000000_0.050000_Meter-5TM_1_1_19500101_20260512.stm",
+    "ismn/ceop_sep_cr/SMOSMANIA/SMOSMANIA_SMOSMANIA_Narbonne_sm_0.050000_0.050000_ThetaProbe-ML2X_20070101_20070131.stm",
+];
+
+fn fixture_path(relative: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/field-logs")
+        .join(relative)
+}
+
+/// Decodes `bytes` as a field log: detected (`format` 0) or forced to one of
+/// the four formats, with the TOA5 example profile or none: any result but
+/// a panic will do.
+fn decode_field_log(bytes: &[u8], format: usize, name: &str) {
+    use soilstream::backfill::format::{CellRules, LogFormat, decode_all};
+    use soilstream::backfill::profile::{Profile, UtcOffset};
+    let forced = format
+        .checked_sub(1)
+        .map(|i| LogFormat::ALL[i % LogFormat::ALL.len()]);
+    let profiles = [
+        Profile::default(),
+        Profile::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/profiles/toa5-frf-village.toml"),
+        )
+        .expect("the example profile"),
+    ];
+    for profile in profiles {
+        let rules = CellRules {
+            utc_offset: Some(UtcOffset::UTC),
+            profile,
+            default_depth_cm: Some(10),
+        };
+        let _ = decode_all(bytes, std::path::Path::new(name), forced, rules);
+    }
+}
+
 fn decode_raw(codec: &ReadingCodec, value: &[u8]) -> Option<Reading> {
     let (_, body) = from_wire(value).ok()?;
     codec.decode_body(body).ok()
@@ -86,10 +130,33 @@ fn decode_outputs(codecs: &OutputCodecs, body: &[u8]) {
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_any_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let codec = ReadingCodec::v1();
-        let _ = decode_raw(&codec, &bytes);
-        let _ = codec.decode_body(&bytes);
+        for codec in [ReadingCodec::v1(), ReadingCodec::v3()] {
+            let _ = decode_raw(&codec, &bytes);
+            let _ = codec.decode_body(&bytes);
+        }
         decode_outputs(&OutputCodecs::default(), &bytes);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_a_field_log_decoder(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        format in 0usize..5,
+    ) {
+        decode_field_log(&bytes, format, "fuzz.dat");
+        decode_field_log(&bytes, format, "fuzz.stm");
+    }
+
+    #[test]
+    fn mutated_real_field_logs_decode_or_fail_cleanly(
+        fixture in 0usize..FIELD_LOGS.len(),
+        mutations in proptest::collection::vec(mutation(), 1..8),
+        format in 0usize..5,
+    ) {
+        let path = fixture_path(FIELD_LOGS[fixture]);
+        let mut bytes = std::fs::read(&path).expect("a fixture");
+        apply(&mut bytes, &mutations);
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        decode_field_log(&bytes, format, &name);
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! Schema evolution of the reading schema, through the registry service:
 //! v2 adds an optional field with a default; registering it under BACKWARD
 //! succeeds, v1 readers decode v2 data and v2 readers decode v1 data, and
-//! incompatible changes are rejected with a message naming the field.
+//! incompatible changes are rejected with a message naming the field. v3
+//! makes the temperature optional and adds the provider's flag: BACKWARD
+//! (v3 reads every older version's data), not FORWARD, and an old (v1)
+//! consumer still reads every v3 reading that has a temperature.
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
-use soilstream::codec::{ReadingCodec, SOIL_READING_SCHEMA_V1, SOIL_READING_SCHEMA_V2, from_wire, to_wire};
+use soilstream::codec::{
+    CodecError, ReadingCodec, SOIL_READING_SCHEMA_V1, SOIL_READING_SCHEMA_V2, SOIL_READING_SCHEMA_V3,
+    from_wire, to_wire,
+};
 use soilstream::disk::StdDisk;
 use soilstream::model::Reading;
 use soilstream::registry::{
@@ -23,10 +29,11 @@ fn reading() -> Reading {
         seq: 4711,
         event_time_ms: 1_717_000_000_000,
         moisture_vwc: 0.287,
-        soil_temp_c: 12.25,
+        soil_temp_c: Some(12.25),
         bulk_ec_ds_m: Some(0.61),
         depth_cm: 45,
         battery_v: None,
+        source_flag: None,
     }
 }
 
@@ -61,7 +68,10 @@ fn v2_body_with_rssi(r: &Reading, rssi_dbm: i32) -> Vec<u8> {
         ("seq".into(), Value::Long(r.seq as i64)),
         ("event_time".into(), Value::TimestampMillis(r.event_time_ms)),
         ("moisture_vwc".into(), Value::Double(r.moisture_vwc)),
-        ("soil_temp_c".into(), Value::Double(r.soil_temp_c)),
+        (
+            "soil_temp_c".into(),
+            Value::Double(r.soil_temp_c.expect("the sample has a temperature")),
+        ),
         ("bulk_ec_ds_m".into(), optional(r.bulk_ec_ds_m)),
         ("depth_cm".into(), Value::Int(r.depth_cm)),
         ("battery_v".into(), optional(r.battery_v)),
@@ -196,5 +206,85 @@ async fn incompatible_reading_schemas_are_rejected_naming_the_field() {
     );
     // Nothing was registered by the rejected attempts.
     assert_eq!(registry.latest_version(&subject).await.unwrap().version, 1);
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn v3_is_backward_compatible_and_old_consumers_read_readings_with_a_temperature() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop) = start(dir.path()).await;
+    let registry = client(&url);
+    let subject = value_subject(TOPIC);
+    let v1_id = registry.register(&subject, SOIL_READING_SCHEMA_V1).await.unwrap();
+    let v2_id = registry.register(&subject, SOIL_READING_SCHEMA_V2).await.unwrap();
+
+    // FORWARD_TRANSITIVE refuses it: a v1 reader cannot take a null temperature.
+    registry
+        .set_compatibility(Some(&subject), CompatibilityLevel::ForwardTransitive)
+        .await
+        .unwrap();
+    match registry.register(&subject, SOIL_READING_SCHEMA_V3).await {
+        Err(RegistryError::Incompatible(message)) => {
+            assert!(message.contains("soil_temp_c"), "{message}")
+        }
+        other => panic!("expected FORWARD to refuse v3, got {other:?}"),
+    }
+    // BACKWARD_TRANSITIVE (every older version's data readable) accepts it.
+    registry
+        .set_compatibility(Some(&subject), CompatibilityLevel::BackwardTransitive)
+        .await
+        .unwrap();
+    let v3_id = registry.register(&subject, SOIL_READING_SCHEMA_V3).await.unwrap();
+    assert_eq!((v1_id, v2_id, v3_id), (1, 2, 3));
+
+    let (v1, v3) = (ReadingCodec::v1(), ReadingCodec::v3());
+    let writer_of = |id: u32| {
+        let registry = client(&url);
+        async move { Schema::parse_str(&registry.schema_by_id(id).await.unwrap()).unwrap() }
+    };
+
+    // A v3 reader (qaqc, the archive, consume) reads v1 and v2 data.
+    let with_temperature = reading();
+    let v1_body = v1.encode_body(&with_temperature).unwrap();
+    assert_eq!(
+        v3.decode_body_written_with(&writer_of(v1_id).await, &v1_body)
+            .unwrap(),
+        with_temperature
+    );
+    let v2_body = v2_body_with_rssi(&with_temperature, -60);
+    assert_eq!(
+        v3.decode_body_written_with(&writer_of(v2_id).await, &v2_body)
+            .unwrap(),
+        with_temperature
+    );
+
+    // An old consumer (v1 reader) reads a v3 reading that has a temperature,
+    // the provider's flag dropped as a field it does not know.
+    let flagged = Reading {
+        source_flag: Some("D03,D05".into()),
+        ..reading()
+    };
+    let v3_writer = writer_of(v3_id).await;
+    let body = v3.encode_body(&flagged).unwrap();
+    assert_eq!(v3.decode_body_written_with(&v3_writer, &body).unwrap(), flagged);
+    assert_eq!(
+        v1.decode_body_written_with(&v3_writer, &body).unwrap(),
+        with_temperature
+    );
+
+    // A v3 reading without a temperature: v3 readers get None, a v1 reader a
+    // typed error (never a made-up value), and v1 refuses to write one.
+    let without = Reading {
+        soil_temp_c: None,
+        ..reading()
+    };
+    let body = v3.encode_body(&without).unwrap();
+    assert_eq!(v3.decode_body_written_with(&v3_writer, &body).unwrap(), without);
+    assert!(matches!(
+        v1.decode_body_written_with(&v3_writer, &body),
+        Err(CodecError::Undecodable(_))
+    ));
+    let refused = v1.encode_body(&without).unwrap_err().to_string();
+    assert!(refused.contains("soil_temp_c"), "{refused}");
     let _ = stop.send(());
 }

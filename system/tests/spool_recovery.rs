@@ -135,10 +135,11 @@ fn reading(sensor: &str, seq: u64) -> Reading {
         seq,
         event_time_ms: 1_700_000_000_000 + (seq % 1_000_000) as i64 * 60_000,
         moisture_vwc: 0.2 + (seq % 50) as f64 / 1000.0,
-        soil_temp_c: 12.0 + (seq % 7) as f64,
+        soil_temp_c: Some(12.0 + (seq % 7) as f64),
         bulk_ec_ds_m: seq.is_multiple_of(3).then_some(0.5),
         depth_cm: 30,
         battery_v: seq.is_multiple_of(2).then_some(3.55),
+        source_flag: None,
     }
 }
 

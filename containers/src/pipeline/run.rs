@@ -1072,7 +1072,8 @@ fn start_backfill(
     let name = backfill.gateway_id();
     let dir = options.work_dir.join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let csv = dir.join(format!("{name}.csv"));
+    let extension = if log.profile.is_some() { "dat" } else { "csv" };
+    let csv = dir.join(format!("{name}.{extension}"));
     std::fs::write(&csv, &log.csv).map_err(|e| format!("writing {}: {e}", csv.display()))?;
     let mut args: Vec<String> = vec![
         "backfill".into(),
@@ -1091,6 +1092,13 @@ fn start_backfill(
         dir.join("rejects.csv").display().to_string(),
         "--json".into(),
     ];
+    if let Some(profile) = &log.profile {
+        // A TOA5 card: the backfill reads it with the profile it carries.
+        let path = dir.join("profile.toml");
+        std::fs::write(&path, profile).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        args.push("--profile".into());
+        args.push(path.display().to_string());
+    }
     if let Some(rate) = backfill.max_rate_rows_per_s {
         let per_wall_s = (u64::from(rate) * u64::from(plan.compression)).min(REAL_BACKFILL_ROWS_PER_S_MAX);
         args.push("--max-rate".into());

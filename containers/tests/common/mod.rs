@@ -75,10 +75,11 @@ pub fn reading(sensor: &str, seq: u64) -> Reading {
         seq,
         event_time_ms: 1_700_000_000_000 + seq as i64 * 60_000,
         moisture_vwc: 0.20 + (seq % 10) as f64 / 100.0,
-        soil_temp_c: 12.5,
+        soil_temp_c: Some(12.5),
         bulk_ec_ds_m: Some(0.3),
         depth_cm: 20,
         battery_v: Some(3.6),
+        source_flag: None,
     }
 }
 

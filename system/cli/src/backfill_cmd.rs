@@ -1,5 +1,6 @@
-//! `soilstream backfill`: ingests an SD-card log (CSV) into the raw topic,
-//! each record stamped with its original event time.
+//! `soilstream backfill`: ingests a field log (our long CSV, a wide CSV, a
+//! Campbell TOA5 `.dat`, an ISMN `.stm`) into the raw topic, each record
+//! stamped with its original event time.
 //!
 //! ```text
 //! soilstream backfill examples/sdcard-log.csv --gateway-id gw-07-sd \
@@ -20,6 +21,8 @@
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use soilstream::backfill::format::{LogFormat, decode_all};
+use soilstream::backfill::profile::{Profile, UtcOffset};
 use soilstream::backfill::{
     BackfillError, BackfillOptions, BackfillProgress, BackfillSummary, DEFAULT_CHECKPOINT_EVERY_ROWS,
     DEFAULT_FUTURE_TOLERANCE_MS, DEFAULT_MAX_IN_FLIGHT_ROWS, DEFAULT_REGISTRY_WAIT_MS, DEFAULT_TOPIC,
@@ -44,10 +47,28 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// Arguments of `soilstream backfill`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// The SD-card log: CSV with a header row (sensor_id, timestamp, moisture,
-    /// temperature; optional ec, depth_cm, battery_v).
+    /// The field log: a long CSV (sensor_id, timestamp, moisture; optional
+    /// temperature, ec, depth_cm, battery_v, flag), a wide CSV (VWC_10cm,
+    /// T_10cm, ...), a Campbell Scientific TOA5 .dat or an ISMN .stm file.
     #[arg(value_name = "FILE")]
     file: PathBuf,
+    /// The file's format: long-csv, wide-csv, toa5, ismn [default: the
+    /// profile's, else detected from the first line].
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    format: Option<LogFormat>,
+    /// A mapping profile (TOML): which columns are which sensor, depth and
+    /// quantity, their units, the UTC offset of naive timestamps, the values
+    /// that mean missing (examples in examples/profiles/).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// UTC offset of naive timestamps, e.g. -06:00 (TOA5 loggers keep
+    /// standard time without an offset); over the profile's.
+    #[arg(long, value_name = "OFFSET", value_parser = parse_utc_offset)]
+    utc_offset: Option<UtcOffset>,
+    /// Decode the file and print what would be sent (and every bad row),
+    /// without reaching a broker or a registry.
+    #[arg(long)]
+    dry_run: bool,
     /// Gateway id of the produced records. Use one of the backfill's own
     /// (e.g. `gw-07-sd`): seq numbers are the file's line numbers.
     #[arg(long, value_name = "ID")]
@@ -110,10 +131,21 @@ pub struct Args {
     registry: Option<String>,
 }
 
+fn parse_format(text: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(text)
+}
+
+fn parse_utc_offset(text: &str) -> Result<UtcOffset, String> {
+    UtcOffset::parse(text)
+}
+
 impl Args {
     /// The library options these arguments stand for.
-    fn options(&self) -> BackfillOptions {
+    fn options(&self) -> anyhow::Result<BackfillOptions> {
         let mut options = BackfillOptions::new(self.file.clone(), self.gateway_id.clone());
+        options.format = self.format;
+        options.utc_offset = self.utc_offset;
+        options.profile = self.profile.as_deref().map(Profile::load).transpose()?;
         options.topic = self.topic.clone();
         options.default_depth_cm = self.depth_cm;
         options.strict = self.strict;
@@ -126,7 +158,7 @@ impl Args {
         options.retention_ms = self.retention_ms;
         options.future_tolerance_ms = self.future_tolerance_ms;
         options.registry_wait_ms = self.registry_wait_ms;
-        options
+        Ok(options)
     }
 }
 
@@ -141,8 +173,11 @@ fn make_producer(brokers: &str, properties: &[(String, String)]) -> anyhow::Resu
 
 /// Runs the command.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut options = args.options();
+    let mut options = args.options()?;
     options.validate()?;
+    if args.dry_run {
+        return dry_run(&options, args.json);
+    }
     if options.retention_ms.is_none() {
         // Ask the broker; a broker that reports no retention (Tansu) leaves
         // the check off unless --retention-ms is given.
@@ -213,6 +248,67 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(error.into())
         }
     }
+}
+
+/// Most readings a dry run prints (the counts cover all of them).
+const DRY_RUN_READINGS_SHOWN: usize = 20;
+
+/// `--dry-run`: decodes the whole file and shows what would be sent.
+fn dry_run(options: &BackfillOptions, json: bool) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&options.csv_path)
+        .with_context(|| format!("reading {}", options.csv_path.display()))?;
+    let (format, rows, errors) = decode_all(&bytes, &options.csv_path, options.format, options.cell_rules())
+        .map_err(BackfillError::Header)?;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        let shown: Vec<serde_json::Value> = rows
+            .iter()
+            .take(DRY_RUN_READINGS_SHOWN)
+            .map(|r| {
+                serde_json::json!({
+                    "line": r.line, "sensor_id": r.sensor_id, "event_time_ms": r.event_time_ms,
+                    "moisture_vwc": r.moisture_vwc, "soil_temp_c": r.soil_temp_c,
+                    "bulk_ec_ds_m": r.bulk_ec_ds_m, "depth_cm": r.depth_cm,
+                    "battery_v": r.battery_v, "source_flag": r.source_flag,
+                })
+            })
+            .collect();
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let out = serde_json::json!({
+            "format": format.name(), "readings": rows.len(), "rejected": errors.len(),
+            "first_readings": shown, "rejects": errors,
+        });
+        writeln!(stdout, "{out}")?;
+    } else {
+        writeln!(
+            stdout,
+            "{}: {} format, {} readings would be sent, {} rows rejected",
+            options.csv_path.display(),
+            format.name(),
+            rows.len(),
+            errors.len()
+        )?;
+        let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        for r in rows.iter().take(DRY_RUN_READINGS_SHOWN) {
+            writeln!(
+                stdout,
+                "  line {} {} {} moisture={} m3/m3 temp={} C ec={} dS/m depth={} cm battery={} V flag={}",
+                r.line,
+                r.sensor_id,
+                soilstream::backfill::summary::format_event_time(r.event_time_ms),
+                r.moisture_vwc,
+                show(r.soil_temp_c),
+                show(r.bulk_ec_ds_m),
+                r.depth_cm,
+                show(r.battery_v),
+                r.source_flag.as_deref().unwrap_or("-")
+            )?;
+        }
+        for error in errors.iter().take(DRY_RUN_READINGS_SHOWN) {
+            writeln!(stdout, "  rejected: {error}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(summary: &BackfillSummary, json: bool) -> anyhow::Result<()> {
@@ -319,7 +415,7 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let options = args.options();
+        let options = args.options().unwrap();
         assert_eq!(options.csv_path, PathBuf::from("log.csv"));
         assert_eq!(options.gateway_id, "gw-7-sd");
         assert_eq!(options.topic, "raw");
@@ -343,7 +439,7 @@ mod tests {
     #[test]
     fn defaults() {
         let args = parse(&["log.csv", "--gateway-id", "gw"]).unwrap();
-        let options = args.options();
+        let options = args.options().unwrap();
         assert_eq!(options, BackfillOptions::new("log.csv", "gw"));
         assert_eq!(options.topic, "soil-moisture-raw");
         assert!(!args.json);

@@ -194,7 +194,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .context("--registry")?,
             );
             ValueDecoder {
-                readings: ReadingDecoder::with_registry(client.clone(), ReadingCodec::v1()),
+                readings: ReadingDecoder::with_registry(client.clone(), ReadingCodec::reader()),
                 registry: Some(client),
                 writers: std::cell::RefCell::new(BTreeMap::new()),
                 shipped: None,
@@ -391,17 +391,20 @@ impl<'a> RecordView<'a> {
                     value.map_or("-".to_string(), |v| format!("{v:.digits$} {unit}"))
                 };
                 out.push_str(&format!(
-                    "  {}/{} seq={} event_time={} moisture={:.3} m3/m3 temp={:.2} C ec={} depth={} cm battery={}",
+                    "  {}/{} seq={} event_time={} moisture={:.3} m3/m3 temp={} ec={} depth={} cm battery={}",
                     r.gateway_id,
                     r.sensor_id,
                     r.seq,
                     format_rfc3339_ms(r.event_time_ms),
                     r.moisture_vwc,
-                    r.soil_temp_c,
+                    optional(r.soil_temp_c, "C", 2),
                     optional(r.bulk_ec_ds_m, "dS/m", 3),
                     r.depth_cm,
                     optional(r.battery_v, "V", 2),
                 ));
+                if let Some(flag) = &r.source_flag {
+                    out.push_str(&format!(" source_flag={flag}"));
+                }
             }
         }
         if !self.record.headers.is_empty() {
@@ -530,10 +533,11 @@ mod tests {
             seq: 42,
             event_time_ms: 1_700_000_000_000,
             moisture_vwc: 0.31,
-            soil_temp_c: 14.5,
+            soil_temp_c: Some(14.5),
             bulk_ec_ds_m: Some(0.42),
             depth_cm: 30,
             battery_v: None,
+            source_flag: None,
         }
     }
 

@@ -23,10 +23,11 @@ fn reading(seq: u64) -> Reading {
         seq,
         event_time_ms: 1_700_000_000_000 + seq as i64 * 60_000,
         moisture_vwc: 0.25,
-        soil_temp_c: 11.0,
+        soil_temp_c: Some(11.0),
         bulk_ec_ds_m: None,
         depth_cm: 10,
         battery_v: Some(3.3),
+        source_flag: None,
     }
 }
 

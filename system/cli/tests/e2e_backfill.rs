@@ -71,10 +71,11 @@ fn expected_readings(csv: &Path) -> Vec<Reading> {
                 seq: index as u64 + 1,
                 event_time_ms: time.parse::<jiff::Timestamp>().ok()?.as_millisecond(),
                 moisture_vwc: moisture.parse().ok()?,
-                soil_temp_c: temperature.parse().ok()?,
+                soil_temp_c: Some(temperature.parse().ok()?),
                 bulk_ec_ds_m: optional(ec),
                 depth_cm: depth.parse().ok()?,
                 battery_v: optional(battery),
+                source_flag: None,
             })
         })
         .collect()

@@ -53,8 +53,8 @@ use common::gateway::{DRAIN_TIMEOUT_MS, Gateway, GatewaySpec, SECONDS_MS, SOILST
 use common::logs::LogsOnFailure;
 use common::python::{python, require_confluent_kafka, tests_dir};
 use common::qaqc::{
-    GroupOffsets, Ownership, QAQC_ASSIGN_TIMEOUT_MS, QAQC_CATCH_UP_TIMEOUT_MS, QAQC_GROUP, Qaqc, QaqcSpec,
-    Verdict, WINDOW_SIZE_MS, judge, read_all, wait_until_caught_up,
+    GroupOffsets, Ownership, QAQC_ASSIGN_TIMEOUT_MS, QAQC_CATCH_UP_TIMEOUT_MS, QAQC_GROUP, Qaqc, QaqcScrape,
+    QaqcSpec, Verdict, WINDOW_SIZE_MS, judge, read_all, wait_until_caught_up,
 };
 use serde_json::Value;
 use soilstream::codec::from_wire;
@@ -418,19 +418,7 @@ fn a_steady_flow_is_cleaned_and_windowed_exactly_once_and_decodes_through_the_re
     gateway.wait_for_ledger(100, FLOW_TIMEOUT_MS);
     gateway.wait_until_drained(DRAIN_TIMEOUT_MS);
     gateway.stop(spec.shutdown_grace_ms);
-    let caught_up = wait_until_caught_up(
-        &mut [&mut qaqc],
-        &world.kafka(),
-        RAW_TOPIC,
-        QAQC_GROUP,
-        QAQC_CATCH_UP_TIMEOUT_MS,
-    );
-    lap(
-        test,
-        started,
-        &format!("qaqc caught up ({})", caught_up[0].summary()),
-    );
-    qaqc.stop();
+    let caught_up = catch_up_and_stop(test, started, &world, &mut qaqc);
 
     let ledger = ledger_of(&[&gateway]);
     let verdict = judge(&world.kafka(), &ledger, qaqc.settings());
@@ -615,19 +603,7 @@ fn qaqc_killed_mid_stream_and_mid_backlog_rebuilds_and_loses_or_repeats_nothing(
     restart_and_rebuild(test, started, &mut qaqc, &all, "after-commit");
 
     live.stop(live_spec.shutdown_grace_ms);
-    let caught_up = wait_until_caught_up(
-        &mut [&mut qaqc],
-        &world.kafka(),
-        RAW_TOPIC,
-        QAQC_GROUP,
-        QAQC_CATCH_UP_TIMEOUT_MS,
-    );
-    lap(
-        test,
-        started,
-        &format!("qaqc caught up ({})", caught_up[0].summary()),
-    );
-    qaqc.stop();
+    catch_up_and_stop(test, started, &world, &mut qaqc);
 
     let verdict = judge(
         &world.kafka(),
@@ -838,13 +814,32 @@ fn write_sdcard_log(path: &Path, rows: &[Reading]) {
             r.sensor_id,
             r.event_time_ms,
             r.moisture_vwc,
-            r.soil_temp_c,
+            optional(r.soil_temp_c),
             optional(r.bulk_ec_ds_m),
             r.depth_cm,
             optional(r.battery_v)
         ));
     }
     std::fs::write(path, text).expect("write the SD-card log");
+}
+
+/// Waits until the one qaqc instance has read the whole raw topic, then
+/// stops it; returns its last scrape.
+fn catch_up_and_stop(test: &str, started: Instant, world: &World, qaqc: &mut Qaqc) -> Vec<QaqcScrape> {
+    let caught_up = wait_until_caught_up(
+        &mut [&mut *qaqc],
+        &world.kafka(),
+        RAW_TOPIC,
+        QAQC_GROUP,
+        QAQC_CATCH_UP_TIMEOUT_MS,
+    );
+    lap(
+        test,
+        started,
+        &format!("qaqc caught up ({})", caught_up[0].summary()),
+    );
+    qaqc.stop();
+    caught_up
 }
 
 /// Runs `soilstream backfill` to completion.
@@ -954,10 +949,11 @@ fn a_backfill_of_days_old_readings_revises_live_windows_and_writes_historical_on
                 seq: 0,
                 event_time_ms,
                 moisture_vwc: 0.25 + 0.002 * k as f64 + 0.01 * index as f64,
-                soil_temp_c: 14.0 + 0.1 * k as f64,
+                soil_temp_c: Some(14.0 + 0.1 * k as f64),
                 bulk_ec_ds_m: Some(0.5),
                 depth_cm,
                 battery_v: Some(3.6),
+                source_flag: None,
             });
             historical_targets.insert((sensor.clone(), event_time_ms / WINDOW_SIZE_MS * WINDOW_SIZE_MS));
         }
@@ -993,19 +989,7 @@ fn a_backfill_of_days_old_readings_revises_live_windows_and_writes_historical_on
     gateway.wait_for_ledger(after + 25, FLOW_TIMEOUT_MS);
     gateway.wait_until_drained(DRAIN_TIMEOUT_MS);
     gateway.stop(spec.shutdown_grace_ms);
-    let caught_up = wait_until_caught_up(
-        &mut [&mut qaqc],
-        &world.kafka(),
-        RAW_TOPIC,
-        QAQC_GROUP,
-        QAQC_CATCH_UP_TIMEOUT_MS,
-    );
-    lap(
-        test,
-        started,
-        &format!("qaqc caught up ({})", caught_up[0].summary()),
-    );
-    qaqc.stop();
+    let caught_up = catch_up_and_stop(test, started, &world, &mut qaqc);
 
     let mut ledger = ledger_of(&[&gateway]);
     ledger.durable(&backfilled);
@@ -1136,7 +1120,10 @@ fn python_reads_the_clean_topic_through_the_registry_as_rdkafka_does() {
             "{line} vs {want:?}"
         );
         assert!(
-            close(json_f64(got, "soil_temp_c"), want.soil_temp_c),
+            match (got["soil_temp_c"].as_f64(), want.soil_temp_c) {
+                (Some(got), Some(want)) => close(got, want),
+                (got, want) => got == want,
+            },
             "{line} vs {want:?}"
         );
         assert_eq!(json_i64(got, "depth_cm"), i64::from(want.depth_cm), "{line}");
@@ -1183,4 +1170,198 @@ x  INFO soilstream::qaqc::run: partition state rebuilt partition=3 records_read=
         "{log}x  WARN soilstream::qaqc::run: partitions lost (session expired or fenced) partitions=[3]\n"
     );
     assert_eq!(Ownership::parse(&lost).ready, BTreeSet::new());
+}
+
+/// The field-log fixtures (real files: sources and licences in
+/// `system/tests/fixtures/field-logs/SOURCES.md`).
+fn field_log_fixture(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/field-logs")
+        .join(relative)
+}
+
+/// Physical lines ended by `\n`, `\r\n` or a lone `\r`, numbered from 1
+/// (written here, not taken from the backfill, to check it).
+fn physical_lines(bytes: &[u8]) -> Vec<(u64, String)> {
+    let text = String::from_utf8_lossy(bytes)
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1, l.to_owned()))
+        .collect()
+}
+
+/// UTC ms of a naive `YYYY-MM-DD HH:MM[:SS]` at `offset_hours`.
+fn naive_ms(text: &str, offset_hours: i8) -> i64 {
+    let civil: jiff::civil::DateTime = text
+        .replace('/', "-")
+        .replacen(' ', "T", 1)
+        .parse()
+        .expect("a date and time");
+    jiff::tz::Offset::constant(offset_hours)
+        .to_timestamp(civil)
+        .expect("in range")
+        .as_millisecond()
+}
+
+/// What the ISMN header-line fixture holds, read here from its text.
+fn ismn_expected(path: &Path, gateway_id: &str) -> Vec<Reading> {
+    physical_lines(&std::fs::read(path).unwrap())
+        .into_iter()
+        .skip(1)
+        .filter_map(|(line, text)| {
+            let t: Vec<&str> = text.split_whitespace().collect();
+            (t.len() >= 4).then(|| Reading {
+                gateway_id: gateway_id.into(),
+                sensor_id: "COSMOS.ARM-1.Cosmic-ray-Probe.0-19cm".into(),
+                seq: line,
+                event_time_ms: naive_ms(&format!("{} {}", t[0], t[1]), 0),
+                moisture_vwc: t[2].parse().unwrap(),
+                soil_temp_c: None,
+                bulk_ec_ds_m: None,
+                depth_cm: 19,
+                battery_v: None,
+                source_flag: Some(t[3].to_owned()),
+            })
+        })
+        .collect()
+}
+
+/// What the TOA5 fixture holds under `examples/profiles/toa5-frf-village.toml`.
+fn toa5_expected(path: &Path, gateway_id: &str) -> Vec<Reading> {
+    physical_lines(&std::fs::read(path).unwrap())
+        .into_iter()
+        .skip(4)
+        .map(|(line, text)| {
+            let f: Vec<String> = text.split(',').map(|c| c.trim_matches('"').to_owned()).collect();
+            Reading {
+                gateway_id: gateway_id.into(),
+                sensor_id: "frf-village-vw-10cm".into(),
+                seq: line,
+                event_time_ms: naive_ms(&f[0], -5),
+                moisture_vwc: f[14].parse().unwrap(),
+                soil_temp_c: Some(f[15].parse().unwrap()),
+                bulk_ec_ds_m: None,
+                depth_cm: 10,
+                battery_v: Some(f[2].parse().unwrap()),
+                source_flag: None,
+            }
+        })
+        .collect()
+}
+
+/// Runs `soilstream backfill FILE --gateway-id ID` with the world's broker
+/// and registry and `extra` arguments; asserts it completed with no reject.
+fn backfill_field_log(world: &World, file: &Path, gateway_id: &str, extra: &[&str], rows: usize) {
+    let output = Command::new(SOILSTREAM)
+        .arg("backfill")
+        .arg(file)
+        .args(["--gateway-id", gateway_id])
+        .args(["--brokers", &world.broker.bootstrap_servers()])
+        .args(["--topic", RAW_TOPIC, "--registry", &world.registry.url, "--json"])
+        .args(extra)
+        .env("SOILSTREAM_LOG", "info")
+        .env_remove("SOILSTREAM_BROKERS")
+        .env_remove("SOILSTREAM_REGISTRY_URL")
+        .output()
+        .expect("run soilstream backfill");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the backfill of {} failed ({}):\n{stdout}\n{}",
+        file.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = json_lines(&stdout).pop().expect("a JSON summary");
+    assert_eq!(summary["completed"], true, "{summary}");
+    assert_eq!(summary["rows_produced"], rows, "{summary}");
+    assert_eq!(summary["rows_rejected"], 0, "{summary}");
+}
+
+/// An ISMN `.stm` and a Campbell TOA5 `.dat` file, neither written by
+/// soilstream, backfilled without a converter (the TOA5 one with the shipped
+/// example profile): every reading lands with the event time the file means
+/// in UTC (TOA5: the logger's local standard time, UTC-5 in the profile),
+/// moisture in m3/m3, the ISMN readings without a temperature (absent, not
+/// zero) and with ISMN's flag; qaqc cleans every one of them (none is
+/// quarantined: no documented rule applies) and carries the provider's flag
+/// into the clean record.
+#[test]
+fn ismn_and_toa5_field_logs_are_backfilled_and_cleaned_without_a_converter() {
+    let _turn = one_at_a_time();
+    let test = "field-logs";
+    let started = Instant::now();
+    let mut world = World::start(PARTITIONS);
+    let mut qaqc = world.start_qaqc(&world.qaqc_spec("qaqc-field-logs"));
+    qaqc.wait_until_owning(&all_partitions(PARTITIONS), QAQC_ASSIGN_TIMEOUT_MS);
+
+    let copy = |relative: &str| {
+        let source = field_log_fixture(relative);
+        let target = world.path(source.file_name().unwrap().to_str().unwrap());
+        std::fs::copy(&source, &target).expect("copy the fixture");
+        target
+    };
+    let ismn = copy(
+        "ismn/header_values/COSMOS/ARM-1/COSMOS_COSMOS_ARM-1_sm_0.000000_0.190000_Cosmic-ray-Probe_20170810_20180809.stm",
+    );
+    let toa5 = copy("toa5/campbell_scientific_tao5.excerpt.dat");
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/profiles/toa5-frf-village.toml");
+    let ismn_readings = ismn_expected(&ismn, "ismn-cosmos-sd");
+    let toa5_readings = toa5_expected(&toa5, "frf-village-sd");
+    assert_eq!((ismn_readings.len(), toa5_readings.len()), (48, 30));
+    backfill_field_log(&world, &ismn, "ismn-cosmos-sd", &[], ismn_readings.len());
+    backfill_field_log(
+        &world,
+        &toa5,
+        "frf-village-sd",
+        &["--profile", profile.to_str().unwrap()],
+        toa5_readings.len(),
+    );
+    lap(test, started, "both field logs backfilled");
+
+    catch_up_and_stop(test, started, &world, &mut qaqc);
+
+    // The raw checker compares every delivered reading with the ones read
+    // from the files here: values, event times, missing temperatures, flags.
+    let mut ledger = Ledger::new(true);
+    let all: Vec<Reading> = ismn_readings.iter().chain(&toa5_readings).cloned().collect();
+    for reading in &all {
+        ledger.sampled(reading);
+    }
+    ledger.durable(&all);
+    let verdict = judge(&world.kafka(), &ledger, qaqc.settings());
+    assert!(verdict.raw.valid, "{}", verdict.raw);
+    assert_eq!(
+        verdict.raw.tally.delivered_unique,
+        all.len() as u64,
+        "{}",
+        verdict.raw
+    );
+    assert!(
+        verdict.topics.quarantine.is_empty(),
+        "no documented rule applies to these readings, yet qaqc quarantined some:\n{}",
+        verdict.downstream
+    );
+    let clean: Vec<CleanReading> = verdict.topics.clean.iter().map(clean_of).collect();
+    assert_eq!(clean.len(), all.len());
+    for reading in &all {
+        let c = clean
+            .iter()
+            .find(|c| c.gateway_id == reading.gateway_id && c.seq as u64 == reading.seq)
+            .unwrap_or_else(|| panic!("{reading:?} is not clean"));
+        assert_eq!(c.soil_temp_c, reading.soil_temp_c, "{c:?}");
+        assert_eq!(c.source_flag, reading.source_flag, "{c:?}");
+        assert_eq!(c.event_time, reading.event_time_ms, "{c:?}");
+    }
+    // The raw values were written with schema v3 (optional temperature).
+    let v3_ids: BTreeSet<u32> = verdict.raw_records.iter().map(schema_id_of).collect();
+    assert_eq!(v3_ids.len(), 1, "one writer schema: {v3_ids:?}");
+    done(test, started);
 }

@@ -52,10 +52,11 @@ fn readings(sensors: u32, per_sensor: u64, first_seq: u64) -> Vec<Reading> {
                 seq,
                 event_time_ms: 1_714_536_000_000 + seq as i64 * 900_000 + i64::from(s),
                 moisture_vwc: milli(0.2 + f64::from(s) / 100.0 + seq as f64 / 1_000.0),
-                soil_temp_c: milli(11.5 - seq as f64 / 8.0),
+                soil_temp_c: Some(milli(11.5 - seq as f64 / 8.0)),
                 bulk_ec_ds_m: (s % 2 == 0).then_some(0.45),
                 depth_cm: 10 + 20 * (s as i32 % 2),
                 battery_v: (seq % 3 != 0).then_some(3.61),
+                source_flag: None,
             });
         }
     }
@@ -76,10 +77,14 @@ fn reading_from_json(value: &Value) -> Reading {
         seq: field("seq").as_u64().expect("seq"),
         event_time_ms: field("event_time_ms").as_i64().expect("event_time_ms"),
         moisture_vwc: field("moisture_vwc").as_f64().expect("moisture_vwc"),
-        soil_temp_c: field("soil_temp_c").as_f64().expect("soil_temp_c"),
+        soil_temp_c: field("soil_temp_c").as_f64(),
         bulk_ec_ds_m: field("bulk_ec_ds_m").as_f64(),
         depth_cm: field("depth_cm").as_i64().expect("depth_cm") as i32,
         battery_v: field("battery_v").as_f64(),
+        source_flag: value
+            .get("source_flag")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     }
 }
 

@@ -26,10 +26,11 @@ fn reading() -> Reading {
         seq: 90_210,
         event_time_ms: 1_718_123_456_789,
         moisture_vwc: 0.3125,
-        soil_temp_c: -1.75,
+        soil_temp_c: Some(-1.75),
         bulk_ec_ds_m: None,
         depth_cm: 10,
         battery_v: Some(3.3),
+        source_flag: None,
     }
 }
 

@@ -14,10 +14,11 @@ fn reading(sensor: &str, seq: u64) -> Reading {
         seq,
         event_time_ms: 1_700_000_000_000 + seq as i64 * 60_000,
         moisture_vwc: 0.3,
-        soil_temp_c: 15.0,
+        soil_temp_c: Some(15.0),
         bulk_ec_ds_m: None,
         depth_cm: 20,
         battery_v: None,
+        source_flag: None,
     }
 }
 

@@ -789,7 +789,7 @@ mod tests {
                 Value::TimestampMillis(1_777_593_600_000 + seq * 60_000),
             ),
             ("moisture_pct".into(), Value::Double(23.5)),
-            ("soil_temp_c".into(), Value::Double(11.25)),
+            ("soil_temp_c".into(), union((seq % 4 != 2).then_some(11.25))),
             ("bulk_ec_ds_m".into(), union(ec)),
             ("depth_cm".into(), Value::Int(30)),
             ("battery_v".into(), union(Some(3.61))),
@@ -799,6 +799,14 @@ mod tests {
             ),
             ("lookahead_complete".into(), Value::Boolean(true)),
             ("source_schema_id".into(), Value::Int(1)),
+            (
+                "source_flag".into(),
+                if seq % 7 == 0 {
+                    Value::Union(1, Box::new(Value::String("D03,D05".into())))
+                } else {
+                    Value::Union(0, Box::new(Value::Null))
+                },
+            ),
         ]);
         to_wire(7, &apache_avro::to_avro_datum(&schema, record).unwrap())
     }
@@ -837,11 +845,11 @@ mod tests {
     fn a_non_canonical_encoding_keeps_its_raw_bytes() {
         let schema = ArchiveSchema::new(7, CLEAN_SCHEMA, "event_time").unwrap();
         let mut value = clean_value(1, None, &[]);
-        // The last field (source_schema_id = 1, zig-zag 0x02) re-written as
-        // a two-byte varint: valid Avro, not canonical.
-        assert_eq!(value.last(), Some(&0x02));
+        // The last field (source_flag = null, union branch 0 as the byte
+        // 0x00) re-written as a two-byte varint: valid Avro, not canonical.
+        assert_eq!(value.last(), Some(&0x00));
         value.pop();
-        value.extend_from_slice(&[0x82, 0x00]);
+        value.extend_from_slice(&[0x80, 0x00]);
         let row = schema.row(0, 5, None, &value).unwrap();
         assert_eq!(row.raw_value.as_deref(), Some(&value[..]));
         assert_eq!(schema.wire_bytes(&row).unwrap(), value);

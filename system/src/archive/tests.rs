@@ -86,13 +86,17 @@ fn clean_record(offset: i64, day_spread: i64) -> Vec<u8> {
         ("seq".into(), Value::Long(offset)),
         ("event_time".into(), Value::TimestampMillis(t)),
         ("moisture_pct".into(), Value::Double(20.0 + (offset % 7) as f64)),
-        ("soil_temp_c".into(), Value::Double(9.5)),
+        (
+            "soil_temp_c".into(),
+            Value::Union(1, Box::new(Value::Double(9.5))),
+        ),
         ("bulk_ec_ds_m".into(), Value::Union(0, Box::new(Value::Null))),
         ("depth_cm".into(), Value::Int(10)),
         ("battery_v".into(), Value::Union(1, Box::new(Value::Double(3.5)))),
         ("flags".into(), Value::Array(vec![])),
         ("lookahead_complete".into(), Value::Boolean(true)),
         ("source_schema_id".into(), Value::Int(1)),
+        ("source_flag".into(), Value::Union(0, Box::new(Value::Null))),
     ]);
     to_wire(9, &apache_avro::to_avro_datum(&schema, record).unwrap())
 }

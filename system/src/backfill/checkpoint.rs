@@ -19,8 +19,9 @@
 //!
 //! The file is bound to the log's content (size and SHA-256) and to what
 //! determines the records' identities and values (gateway id, topic, default
-//! depth): resuming with anything different would mix two backfills under one
-//! prefix, so it is refused.
+//! depth, and `decoding`: a digest of the format, profile and UTC offset given,
+//! absent for the defaults): resuming with anything different would mix two
+//! backfills under one prefix, so it is refused.
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,10 @@ pub struct Checkpoint {
     pub topic: String,
     /// Depth used for rows without one, in cm.
     pub default_depth_cm: Option<i32>,
+    /// Digest of how cells were decoded (format, profile, UTC offset);
+    /// `None` for the defaults (and in checkpoints written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding: Option<String>,
     /// Every row on lines `1..=acked_through_line` is settled.
     pub acked_through_line: u64,
 }
@@ -97,6 +102,7 @@ impl Checkpoint {
         gateway_id: &str,
         topic: &str,
         default_depth_cm: Option<i32>,
+        decoding: Option<&str>,
     ) -> Result<(), String> {
         if &self.file != file {
             return Err(format!(
@@ -123,6 +129,14 @@ impl Checkpoint {
                 self.default_depth_cm
             ));
         }
+        if self.decoding.as_deref() != decoding {
+            return Err(format!(
+                "it was written with another --format, --profile or --utc-offset (decoding {}, now {}): \
+                 the same rows could decode to other readings",
+                self.decoding.as_deref().unwrap_or("default"),
+                decoding.unwrap_or("default")
+            ));
+        }
         Ok(())
     }
 }
@@ -141,6 +155,7 @@ mod tests {
             gateway_id: "gw".into(),
             topic: "t".into(),
             default_depth_cm: Some(30),
+            decoding: None,
             acked_through_line: 57,
         }
     }
@@ -172,18 +187,22 @@ mod tests {
     fn resumable_only_for_the_same_file_and_parameters() {
         let cp = checkpoint();
         let same = cp.file.clone();
-        assert!(cp.check_resumable(&same, "gw", "t", Some(30)).is_ok());
+        assert!(cp.check_resumable(&same, "gw", "t", Some(30), None).is_ok());
         let other = Fingerprint {
             size_bytes: 10,
             sha256: "cd".repeat(32),
         };
         assert_eq!(
-            cp.check_resumable(&other, "gw", "t", Some(30)).unwrap_err(),
+            cp.check_resumable(&other, "gw", "t", Some(30), None).unwrap_err(),
             "it was written for different file content (10 bytes, sha256 abababababab; \
              the file now has 10 bytes, sha256 cdcdcdcdcdcd)"
         );
-        assert!(cp.check_resumable(&same, "gw2", "t", Some(30)).is_err());
-        assert!(cp.check_resumable(&same, "gw", "t2", Some(30)).is_err());
-        assert!(cp.check_resumable(&same, "gw", "t", None).is_err());
+        assert!(cp.check_resumable(&same, "gw2", "t", Some(30), None).is_err());
+        assert!(cp.check_resumable(&same, "gw", "t2", Some(30), None).is_err());
+        assert!(cp.check_resumable(&same, "gw", "t", None, None).is_err());
+        assert!(
+            cp.check_resumable(&same, "gw", "t", Some(30), Some("0123abcd"))
+                .is_err()
+        );
     }
 }

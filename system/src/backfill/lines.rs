@@ -1,7 +1,8 @@
 //! Physical lines and CSV fields of an SD-card log.
 //!
-//! The log is read one physical line at a time (delimited by `\n`, with an
-//! optional `\r` before it), never more than [`MAX_LINE_BYTES`] of a line in
+//! The log is read one physical line at a time (ended by `\n`, `\r\n` or a
+//! lone `\r`: loggers and data archives write all three, and some files of
+//! the ISMN archive mix them), never more than [`MAX_LINE_BYTES`] of a line in
 //! memory, so a corrupt stretch without line breaks (a common failure of SD
 //! cards) costs one rejected row, not the process's memory. Line numbers are
 //! physical: the first line of the file is line 1, blank lines count.
@@ -18,10 +19,11 @@ use std::io::{self, BufRead, Read};
 /// Longest line accepted, in bytes (without the line terminator). Longer
 /// lines are rejected as a whole; only their first `MAX_LINE_BYTES` bytes
 /// are kept (for the rejects file).
-pub const MAX_LINE_BYTES: usize = 4096;
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
-/// Largest number of fields accepted on one line (header or row).
-pub const MAX_FIELDS: usize = 64;
+/// Largest number of fields accepted on one line (header or row): a wide
+/// logger table has a column per sensor, depth and quantity.
+pub const MAX_FIELDS: usize = 1024;
 
 /// A reader that hashes (SHA-256) and counts every byte it passes on.
 #[derive(Debug)]
@@ -96,6 +98,9 @@ pub struct LineReader<R> {
     inner: R,
     buffer: Vec<u8>,
     line_number: u64,
+    /// The last line ended with `\r`: a `\n` right after it belongs to the
+    /// same terminator.
+    after_cr: bool,
 }
 
 impl<R: BufRead> LineReader<R> {
@@ -105,6 +110,7 @@ impl<R: BufRead> LineReader<R> {
             inner,
             buffer: Vec::with_capacity(256),
             line_number: 0,
+            after_cr: false,
         }
     }
 
@@ -133,28 +139,32 @@ impl<R: BufRead> LineReader<R> {
             if available.is_empty() {
                 break;
             }
+            if self.after_cr {
+                self.after_cr = false;
+                if available[0] == b'\n' {
+                    self.inner.consume(1);
+                    continue;
+                }
+            }
             saw_bytes = true;
-            let newline = available.iter().position(|b| *b == b'\n');
-            let consumed = newline.map_or(available.len(), |i| i + 1);
-            let content = &available[..newline.unwrap_or(available.len())];
+            let terminator = available.iter().position(|b| *b == b'\n' || *b == b'\r');
+            let consumed = terminator.map_or(available.len(), |i| i + 1);
+            let content = &available[..terminator.unwrap_or(available.len())];
             let room = MAX_LINE_BYTES + 1 - self.buffer.len().min(MAX_LINE_BYTES + 1);
-            // Keep one byte past the limit (to tell a line of exactly
-            // MAX_LINE_BYTES plus `\r` from a longer one); drop the rest.
             let kept = content.len().min(room);
             self.buffer.extend_from_slice(&content[..kept]);
             if kept < content.len() {
                 truncated = true;
             }
+            let ended_by_cr = terminator.is_some_and(|i| available[i] == b'\r');
             self.inner.consume(consumed);
-            if newline.is_some() {
+            if terminator.is_some() {
+                self.after_cr = ended_by_cr;
                 break;
             }
         }
         if !saw_bytes {
             return Ok(None);
-        }
-        if self.buffer.last() == Some(&b'\r') && !truncated {
-            self.buffer.pop();
         }
         if self.buffer.len() > MAX_LINE_BYTES {
             truncated = true;
@@ -315,6 +325,28 @@ mod tests {
         );
         assert!(lines_of(b"").is_empty());
         assert_eq!(lines_of(b"\n"), vec![(1, vec![], false)]);
+    }
+
+    #[test]
+    fn lone_cr_and_mixed_terminators_end_lines() {
+        // The buffer holds 7 bytes: a `\r\n` split across two fills is still
+        // one terminator.
+        let lines = lines_of(b"h1\n\rrow-1\r\nrow-22\rrow-3 \r\rlast\r");
+        let texts: Vec<(u64, &[u8])> = lines.iter().map(|(n, b, _)| (*n, b.as_slice())).collect();
+        assert_eq!(
+            texts,
+            vec![
+                (1, &b"h1"[..]),
+                (2, &b""[..]),
+                (3, &b"row-1"[..]),
+                (4, &b"row-22"[..]),
+                (5, &b"row-3 "[..]),
+                (6, &b""[..]),
+                (7, &b"last"[..]),
+            ]
+        );
+        let split_crlf = lines_of(b"abcdef\r\nxyz");
+        assert_eq!(split_crlf.len(), 2, "{split_crlf:?}");
     }
 
     #[test]

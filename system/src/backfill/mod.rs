@@ -41,7 +41,9 @@
 
 pub mod checkpoint;
 pub mod files;
+pub mod format;
 pub mod lines;
+pub mod profile;
 pub mod progress;
 pub mod rate;
 pub mod row;
@@ -127,6 +129,23 @@ pub struct BackfillOptions {
     /// How long to keep retrying an unavailable schema registry at start
     /// before the run fails, in ms.
     pub registry_wait_ms: u64,
+    /// The log's format (`None`: the profile's, else detected from the file).
+    pub format: Option<format::LogFormat>,
+    /// The mapping profile (`None`: the defaults: detected columns, m3/m3,
+    /// °C, dS/m, the default missing markers).
+    pub profile: Option<profile::Profile>,
+    /// The UTC offset of naive timestamps (over the profile's).
+    pub utc_offset: Option<profile::UtcOffset>,
+    /// Bugs planted on purpose for the simulator's checker to catch; all
+    /// off outside the harness.
+    pub planted: PlantedBackfillBugs,
+}
+
+/// Backfill bugs the harness plants to prove its checker catches them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedBackfillBugs {
+    /// Send a missing temperature as 0 °C (invent a value).
+    pub missing_temperature_as_zero: bool,
 }
 
 impl BackfillOptions {
@@ -148,6 +167,10 @@ impl BackfillOptions {
             future_tolerance_ms: DEFAULT_FUTURE_TOLERANCE_MS,
             max_delivery_attempts: DEFAULT_MAX_DELIVERY_ATTEMPTS,
             registry_wait_ms: DEFAULT_REGISTRY_WAIT_MS,
+            format: None,
+            profile: None,
+            utc_offset: None,
+            planted: PlantedBackfillBugs::default(),
         }
     }
 
@@ -169,6 +192,38 @@ impl BackfillOptions {
         self.checkpoint_path
             .clone()
             .unwrap_or_else(|| self.path_with_suffix(".checkpoint"))
+    }
+
+    /// A digest of how cells are decoded (format, profile, UTC offset), for
+    /// the checkpoint; `None` with none of them given.
+    pub fn decoding_digest(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        if self.format.is_none() && self.profile.is_none() && self.utc_offset.is_none() {
+            return None;
+        }
+        let mut profile = self.profile.clone();
+        if let Some(p) = profile.as_mut() {
+            // Where the profile lives does not change what it decodes.
+            p.path.clear();
+        }
+        let described = format!(
+            "{:?}|{:?}|{:?}",
+            self.format.map(|f| f.name()),
+            profile,
+            self.utc_offset
+        );
+        let digest = Sha256::digest(described.as_bytes());
+        Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// How this run turns cells into values.
+    pub fn cell_rules(&self) -> format::CellRules {
+        let profile = self.profile.clone().unwrap_or_default();
+        format::CellRules {
+            utc_offset: self.utc_offset.or(profile.utc_offset),
+            profile,
+            default_depth_cm: self.default_depth_cm,
+        }
     }
 
     /// Checks every option; the first problem found, if any.

@@ -10,18 +10,24 @@
 //! | sensor id | yes | `sensor_id`, `sensor`, `probe_id`, `probe`, `sensorid` | text, 1-128 bytes |
 //! | timestamp | yes | `timestamp`, `time`, `datetime`, `event_time`, `event_time_ms`, `ts`, `epoch_ms` | RFC 3339 with offset, or integer ms since the Unix epoch |
 //! | moisture | yes | `moisture`, `moisture_vwc`, `vwc`, `soil_moisture`, `theta` | m3/m3 |
-//! | temperature | yes | `temperature`, `soil_temp_c`, `temp_c`, `temp`, `soil_temperature` | °C |
+//! | temperature | no (absent when empty or missing) | `temperature`, `soil_temp_c`, `temp_c`, `temp`, `soil_temperature` | °C |
 //! | EC | no | `ec`, `bulk_ec_ds_m`, `ec_ds_m`, `bulk_ec` | dS/m |
 //! | depth | no (default from the options) | `depth_cm`, `depth` | integer cm, 0-10000 |
 //! | battery | no | `battery_v`, `battery`, `vbat`, `batt_v` | V |
+//! | provider flag | no | `source_flag`, `flag`, `quality_flag`, `qc_flag` | text, verbatim |
 //!
-//! Values are trimmed of surrounding spaces and tabs. An empty optional value
-//! means "not reported". RFC 3339 times with sub-millisecond digits are
+//! Values are trimmed of surrounding spaces and tabs. An empty optional value,
+//! or one of the profile's missing markers (`NAN`, `-9999`, ... by default),
+//! means "not reported"; a missing moisture rejects the row. Units are the
+//! profile's (`[units]`), m3/m3, °C and dS/m by default; with a profile's
+//! `utc_offset`, naive timestamps (`2024-05-01 06:00:00`) are accepted too. RFC 3339 times with sub-millisecond digits are
 //! truncated to the millisecond. Event times must lie after the Unix epoch
 //! (a Kafka record timestamp of 0 or less means "none" to clients) and before
 //! the year 10000.
 
+use super::format::CellRules;
 use super::lines::Fields;
+use super::profile::Profile;
 use std::fmt;
 
 /// Largest installation depth accepted, in cm.
@@ -54,11 +60,13 @@ pub enum Column {
     DepthCm,
     /// Supply voltage, V.
     BatteryV,
+    /// The provider's quality flag.
+    Flag,
 }
 
 impl Column {
     /// Every column, in the documented order.
-    pub const ALL: [Column; 7] = [
+    pub const ALL: [Column; 8] = [
         Column::SensorId,
         Column::Timestamp,
         Column::Moisture,
@@ -66,6 +74,7 @@ impl Column {
         Column::Ec,
         Column::DepthCm,
         Column::BatteryV,
+        Column::Flag,
     ];
 
     /// Accepted header names (normalised); the first is the canonical one.
@@ -86,6 +95,7 @@ impl Column {
             Column::Ec => &["ec", "bulk_ec_ds_m", "ec_ds_m", "bulk_ec"],
             Column::DepthCm => &["depth_cm", "depth"],
             Column::BatteryV => &["battery_v", "battery", "vbat", "batt_v"],
+            Column::Flag => &["source_flag", "flag", "quality_flag", "qc_flag"],
         }
     }
 
@@ -96,10 +106,7 @@ impl Column {
 
     /// Whether a log must have this column.
     pub fn is_required(self) -> bool {
-        matches!(
-            self,
-            Column::SensorId | Column::Timestamp | Column::Moisture | Column::Temperature
-        )
+        matches!(self, Column::SensorId | Column::Timestamp | Column::Moisture)
     }
 
     fn index(self) -> usize {
@@ -164,13 +171,13 @@ pub struct LogHeader {
     /// Header names as written (trimmed), one per field.
     names: Vec<String>,
     /// Field index of each known column, indexed like [`Column::ALL`].
-    positions: [Option<usize>; 7],
+    positions: [Option<usize>; 8],
 }
 
 impl LogHeader {
     /// Reads the header row. `file` and `line` are for error messages.
     pub fn parse(fields: &Fields, file: &str, line: u64) -> Result<Self, RowError> {
-        let mut positions = [None; 7];
+        let mut positions = [None; 8];
         let mut names = Vec::with_capacity(fields.len());
         for index in 0..fields.len() {
             let raw = fields.get(index).unwrap_or_default();
@@ -219,6 +226,34 @@ impl LogHeader {
         Ok(Self { names, positions })
     }
 
+    /// How strongly header names (as written) say "long log": 2 when they
+    /// name a sensor id column (one reading per row), 1 when they name any
+    /// other column of the long layout, 0 when none.
+    pub fn long_log_evidence(names: &[&str]) -> u8 {
+        let columns: Vec<Column> = names.iter().filter_map(|n| Column::from_header_name(n)).collect();
+        if columns.contains(&Column::SensorId) {
+            2
+        } else {
+            u8::from(!columns.is_empty())
+        }
+    }
+
+    /// The header name of the column a reading field came from.
+    pub fn column_of_field(&self, field: &str) -> &str {
+        let column = match field {
+            "sensor_id" => Column::SensorId,
+            "event_time" => Column::Timestamp,
+            "moisture_vwc" => Column::Moisture,
+            "soil_temp_c" => Column::Temperature,
+            "bulk_ec_ds_m" => Column::Ec,
+            "depth_cm" => Column::DepthCm,
+            "battery_v" => Column::BatteryV,
+            "source_flag" => Column::Flag,
+            _ => return "row",
+        };
+        self.name_of(column)
+    }
+
     /// Number of fields every row must have.
     pub fn field_count(&self) -> usize {
         self.names.len()
@@ -238,14 +273,31 @@ impl LogHeader {
         }
     }
 
-    /// Parses one data row. `default_depth_cm` stands in for a missing or
-    /// empty depth.
+    /// Parses one data row with the default rules (no profile).
+    /// `default_depth_cm` stands in for a missing or empty depth.
     pub fn parse_row(
         &self,
         fields: &Fields,
         file: &str,
         line: u64,
         default_depth_cm: Option<i32>,
+    ) -> Result<ParsedRow, RowError> {
+        let rules = CellRules {
+            profile: Profile::default(),
+            utc_offset: None,
+            default_depth_cm,
+        };
+        self.parse_row_with(fields, file, line, &rules)
+    }
+
+    /// Parses one data row: missing markers, units and the offset of naive
+    /// timestamps by `rules`.
+    pub fn parse_row_with(
+        &self,
+        fields: &Fields,
+        file: &str,
+        line: u64,
+        rules: &CellRules,
     ) -> Result<ParsedRow, RowError> {
         if fields.len() != self.field_count() {
             let column = if fields.len() < self.field_count() {
@@ -274,37 +326,50 @@ impl LogHeader {
                 .map(|i| fields.get(i).unwrap_or_default().trim_matches([' ', '\t']))
         };
         let error = |column: Column, reason: String| RowError::new(file, line, self.name_of(column), reason);
+        let optional = |column: Column| -> Result<Option<f64>, RowError> {
+            match cell(column) {
+                None => Ok(None),
+                Some(text) => rules.number(text).map_err(|r| error(column, r)),
+            }
+        };
+        let units = rules.units();
 
         let sensor_id = cell(Column::SensorId).unwrap_or_default();
         if sensor_id.is_empty() {
             return Err(error(Column::SensorId, "empty".into()));
         }
-        let event_time_ms = parse_event_time_ms(cell(Column::Timestamp).unwrap_or_default())
+        let event_time_ms = rules
+            .event_time_ms(cell(Column::Timestamp).unwrap_or_default())
             .map_err(|reason| error(Column::Timestamp, reason))?;
-        let moisture_vwc =
-            parse_required_f64(cell(Column::Moisture)).map_err(|r| error(Column::Moisture, r))?;
-        let soil_temp_c =
-            parse_required_f64(cell(Column::Temperature)).map_err(|r| error(Column::Temperature, r))?;
-        let bulk_ec_ds_m = parse_optional_f64(cell(Column::Ec)).map_err(|r| error(Column::Ec, r))?;
-        let battery_v = parse_optional_f64(cell(Column::BatteryV)).map_err(|r| error(Column::BatteryV, r))?;
+        let moisture_vwc = rules
+            .moisture(cell(Column::Moisture).unwrap_or_default())
+            .map_err(|r| error(Column::Moisture, r))?;
+        let soil_temp_c = optional(Column::Temperature)?;
+        let bulk_ec_ds_m = optional(Column::Ec)?;
+        let battery_v = optional(Column::BatteryV)?;
         let depth_cm = match cell(Column::DepthCm).filter(|v| !v.is_empty()) {
             Some(text) => parse_depth_cm(text).map_err(|r| error(Column::DepthCm, r))?,
-            None => default_depth_cm.ok_or_else(|| {
+            None => rules.default_depth_cm.ok_or_else(|| {
                 error(
                     Column::DepthCm,
                     "no depth: the column is empty or absent and no default depth is set (--depth-cm)".into(),
                 )
             })?,
         };
+        let source_flag = cell(Column::Flag)
+            .filter(|f| !f.is_empty() && !rules.profile.is_missing(f))
+            .map(str::to_owned);
         Ok(ParsedRow {
             line,
+            group: 0,
             sensor_id: sensor_id.to_owned(),
             event_time_ms,
-            moisture_vwc,
-            soil_temp_c,
-            bulk_ec_ds_m,
+            moisture_vwc: units.moisture.to_schema(moisture_vwc),
+            soil_temp_c: soil_temp_c.map(|t| units.temperature.to_schema(t)),
+            bulk_ec_ds_m: bulk_ec_ds_m.map(|ec| units.ec.to_schema(ec)),
             depth_cm,
             battery_v,
+            source_flag,
         })
     }
 }
@@ -323,24 +388,28 @@ fn required_names() -> String {
 pub struct ParsedRow {
     /// Physical line number.
     pub line: u64,
+    /// Which column group of the line (0 for one reading per line).
+    pub group: u32,
     /// Probe identifier.
     pub sensor_id: String,
     /// Event time, ms since the Unix epoch.
     pub event_time_ms: i64,
     /// Volumetric water content, m3/m3.
     pub moisture_vwc: f64,
-    /// Soil temperature, °C.
-    pub soil_temp_c: f64,
+    /// Soil temperature, °C, when the log has one.
+    pub soil_temp_c: Option<f64>,
     /// Bulk electrical conductivity, dS/m.
     pub bulk_ec_ds_m: Option<f64>,
     /// Installation depth, cm.
     pub depth_cm: i32,
     /// Supply voltage, V.
     pub battery_v: Option<f64>,
+    /// The provider's quality flag, verbatim.
+    pub source_flag: Option<String>,
 }
 
 /// Shows `value` in an error message: quoted, escaped, shortened.
-fn excerpt(value: &str) -> String {
+pub(crate) fn excerpt(value: &str) -> String {
     if value.chars().count() <= VALUE_EXCERPT_CHARS {
         format!("{value:?}")
     } else {
@@ -378,30 +447,6 @@ pub fn parse_event_time_ms(text: &str) -> Result<i64, String> {
         return Err(format!("{} is after the year 9999", excerpt(text)));
     }
     Ok(ms)
-}
-
-fn parse_f64(text: &str) -> Result<f64, String> {
-    let value: f64 = text
-        .parse()
-        .map_err(|_| format!("not a number: {}", excerpt(text)))?;
-    if !value.is_finite() {
-        return Err(format!("not a finite number: {}", excerpt(text)));
-    }
-    Ok(value)
-}
-
-fn parse_required_f64(text: Option<&str>) -> Result<f64, String> {
-    match text {
-        None | Some("") => Err("empty".into()),
-        Some(text) => parse_f64(text),
-    }
-}
-
-fn parse_optional_f64(text: Option<&str>) -> Result<Option<f64>, String> {
-    match text {
-        None | Some("") => Ok(None),
-        Some(text) => parse_f64(text).map(Some),
-    }
 }
 
 fn parse_depth_cm(text: &str) -> Result<i32, String> {
@@ -499,13 +544,15 @@ mod tests {
             parsed,
             ParsedRow {
                 line: 7,
+                group: 0,
                 sensor_id: "probe-1".into(),
                 event_time_ms: 1_714_536_000_000,
                 moisture_vwc: 0.312,
-                soil_temp_c: 14.5,
+                soil_temp_c: Some(14.5),
                 bulk_ec_ds_m: Some(0.42),
                 depth_cm: 10,
                 battery_v: Some(3.61),
+                source_flag: None,
             }
         );
     }
@@ -546,7 +593,7 @@ mod tests {
             .unwrap();
         assert_eq!(parsed.sensor_id, "s9");
         assert_eq!(parsed.moisture_vwc, 0.25);
-        assert_eq!(parsed.soil_temp_c, 12.0);
+        assert_eq!(parsed.soil_temp_c, Some(12.0));
         assert_eq!(parsed.depth_cm, 60);
         assert_eq!(parsed.battery_v, Some(3.3));
         for column in Column::ALL {
@@ -572,7 +619,7 @@ mod tests {
         assert_eq!(
             header("p1,2024-05-01T04:00:00Z,0.3,14").unwrap_err().to_string(),
             "log.csv:1: header: no known column name; the first line must be a header naming at least \
-             sensor_id, timestamp, moisture, temperature"
+             sensor_id, timestamp, moisture"
         );
     }
 
@@ -591,10 +638,13 @@ mod tests {
                 "log.csv:7: moisture: not a number: \"wet\"",
             ),
             (
-                "p,1714536000000,NaN,14,,,",
-                "log.csv:7: moisture: not a finite number: \"NaN\"",
+                "p,1714536000000,inf,14,,,",
+                "log.csv:7: moisture: not a finite number: \"inf\"",
             ),
-            ("p,1714536000000,,14,,,", "log.csv:7: moisture: empty"),
+            (
+                "p,1714536000000,,14,,,",
+                "log.csv:7: moisture: no moisture (empty): a reading without moisture is not a reading",
+            ),
             (
                 "p,1714536000000,0.3,hot,,,",
                 "log.csv:7: temperature: not a number: \"hot\"",

@@ -12,14 +12,15 @@
 
 use super::checkpoint::{CHECKPOINT_FORMAT_VERSION, Checkpoint, Fingerprint};
 use super::files::{BackfillFiles, LogReader, RejectsWriter};
+use super::format::LogDecoder;
 use super::lines::{Fields, MAX_LINE_BYTES};
 use super::progress::{BackfillProgress, ProgressSnapshot};
 use super::rate::TokenBucket;
-use super::row::{Column, LogHeader, RowError};
+use super::row::{ParsedRow, RowError};
 use super::summary::{BackfillSummary, WarningCounts, format_event_time};
 use super::{BackfillError, BackfillOptions, HEADER_GATEWAY_ID, HEADER_SEQ};
 use crate::clock::Clock;
-use crate::codec::{ReadingCodec, SOIL_READING_SCHEMA_V1, to_wire};
+use crate::codec::{ReadingCodec, SOIL_READING_SCHEMA_V1, SOIL_READING_SCHEMA_V3, to_wire};
 use crate::disk::Disk;
 use crate::model::Reading;
 use crate::registry::{RegistryError, SchemaRegistry, value_subject};
@@ -95,6 +96,7 @@ pub async fn run_backfill(
                         &options.gateway_id,
                         &options.topic,
                         options.default_depth_cm,
+                        options.decoding_digest().as_deref(),
                     )
                     .map_err(|reason| BackfillError::CheckpointMismatch {
                         path: files.checkpoint_path().display().to_string(),
@@ -111,10 +113,18 @@ pub async fn run_backfill(
             "resuming from checkpoint"
         );
     }
+    let decoder = LogDecoder::new(
+        &options.csv_path,
+        &options.csv_path.display().to_string(),
+        options.format,
+        options.cell_rules(),
+    )
+    .map_err(BackfillError::Header)?;
     let schema_id = register_schema(registry, &options.topic, options.registry_wait_ms).await?;
     let reader = files.open_log()?;
     let mut run = Run::new(
         options,
+        decoder,
         files,
         fingerprint,
         schema_id,
@@ -131,6 +141,17 @@ pub async fn run_backfill(
     result
 }
 
+/// The schemas the backfill registers, in order; it writes with the last.
+///
+/// The gateway writes version 1 (its spool holds v1 bodies); the backfill
+/// writes version 3 (optional temperature, the provider's flag). Version 3
+/// reads version 1 (BACKWARD) but not the other way round, so a subject
+/// whose first version were v3 would refuse every gateway's v1 afterwards.
+/// Registering v1 first (a no-op when it is there already) keeps the
+/// subject's history in upgrade order whichever program reaches a fresh
+/// registry first.
+const SCHEMAS_IN_REGISTRATION_ORDER: [&str; 2] = [SOIL_READING_SCHEMA_V1, SOIL_READING_SCHEMA_V3];
+
 async fn register_schema(
     registry: &dyn SchemaRegistry,
     topic: &str,
@@ -140,31 +161,38 @@ async fn register_schema(
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     let mut backoff = REGISTRY_FIRST_BACKOFF;
     let mut attempt: u32 = 1;
-    loop {
-        match registry.register(&subject, SOIL_READING_SCHEMA_V1).await {
-            Ok(id) => return Ok(id),
-            Err(RegistryError::Unavailable(reason)) if Instant::now() < deadline => {
-                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                tracing::warn!(
-                    %subject,
-                    attempt,
-                    %reason,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "schema registry unavailable; retrying"
-                );
-                tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(REGISTRY_MAX_BACKOFF);
-                attempt = attempt.saturating_add(1);
+    let mut schema_id = None;
+    for schema in SCHEMAS_IN_REGISTRATION_ORDER {
+        loop {
+            match registry.register(&subject, schema).await {
+                Ok(id) => {
+                    schema_id = Some(id);
+                    break;
+                }
+                Err(RegistryError::Unavailable(reason)) if Instant::now() < deadline => {
+                    let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                    tracing::warn!(
+                        %subject,
+                        attempt,
+                        %reason,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "schema registry unavailable; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(REGISTRY_MAX_BACKOFF);
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(RegistryError::Unavailable(reason)) => {
+                    return Err(BackfillError::Registry(RegistryError::Unavailable(format!(
+                        "{reason} (retried for {wait_ms} ms over {attempt} attempts; \
+                         --registry-wait-ms waits longer)"
+                    ))));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(RegistryError::Unavailable(reason)) => {
-                return Err(BackfillError::Registry(RegistryError::Unavailable(format!(
-                    "{reason} (retried for {wait_ms} ms over {attempt} attempts; \
-                     --registry-wait-ms waits longer)"
-                ))));
-            }
-            Err(e) => return Err(e.into()),
         }
     }
+    Ok(schema_id.expect("at least one schema is registered"))
 }
 
 /// Why production stopped early.
@@ -189,7 +217,10 @@ struct Pending {
     resend_at: Instant,
 }
 
-type Delivery = LocalBoxFuture<'static, (u64, Result<RecordPosition, ProduceError>)>;
+/// A row's place: its physical line and its column group on that line.
+type RowKey = (u64, u32);
+
+type Delivery = LocalBoxFuture<'static, (RowKey, Result<RecordPosition, ProduceError>)>;
 
 struct Run {
     options: BackfillOptions,
@@ -202,14 +233,16 @@ struct Run {
     reader: LogReader,
     line_buffer: Vec<u8>,
     fields: Fields,
-    header: Option<LogHeader>,
+    decoder: LogDecoder,
+    /// The readings (or errors) of the line being handled.
+    decoded: Vec<Result<ParsedRow, RowError>>,
     rejects: RejectsWriter,
     bucket: Option<TokenBucket>,
     queue_full_backoff: Duration,
-    pending: BTreeMap<u64, Pending>,
+    pending: BTreeMap<RowKey, Pending>,
     in_flight: FuturesUnordered<Delivery>,
-    /// Pending lines waiting to be resent (never also in flight).
-    resend: BTreeSet<u64>,
+    /// Pending rows waiting to be resent (never also in flight).
+    resend: BTreeSet<RowKey>,
     input_done: bool,
     resume_after_line: u64,
     /// Every line up to this one has been read and is settled or pending.
@@ -226,8 +259,10 @@ struct Run {
 }
 
 impl Run {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         options: BackfillOptions,
+        decoder: LogDecoder,
         files: BackfillFiles,
         fingerprint: Fingerprint,
         schema_id: u32,
@@ -245,12 +280,13 @@ impl Run {
             files,
             fingerprint,
             schema_id,
-            codec: ReadingCodec::v1(),
+            codec: ReadingCodec::v3(),
             started,
             reader,
             line_buffer: Vec::with_capacity(MAX_LINE_BYTES),
             fields: Fields::new(),
-            header: None,
+            decoder,
+            decoded: Vec::new(),
             bucket,
             queue_full_backoff: QUEUE_FULL_FIRST_BACKOFF,
             pending: BTreeMap::new(),
@@ -274,7 +310,7 @@ impl Run {
     /// Every line before the lowest pending one is settled.
     fn settled_through_line(&self) -> u64 {
         match self.pending.first_key_value() {
-            Some((line, _)) => line - 1,
+            Some(((line, _), _)) => line - 1,
             None => self.handled_through_line,
         }
     }
@@ -299,17 +335,17 @@ impl Run {
     ) -> Result<(), Stop> {
         let mut last_progress_rows = 0;
         loop {
-            while let Some(Some((line, result))) = self.in_flight.next().now_or_never() {
-                self.settle(line, result)?;
+            while let Some(Some((key, result))) = self.in_flight.next().now_or_never() {
+                self.settle(key, result)?;
             }
             self.checkpoint_if_due()?;
-            if let Some(&line) = self.resend.first() {
-                let resend_at = self.pending[&line].resend_at;
+            if let Some(&key) = self.resend.first() {
+                let resend_at = self.pending[&key].resend_at;
                 if Instant::now() < resend_at {
                     self.wait_until(resend_at).await?;
                 } else {
-                    self.resend.remove(&line);
-                    self.send(line, producer).await?;
+                    self.resend.remove(&key);
+                    self.send(key, producer).await?;
                 }
                 continue;
             }
@@ -322,7 +358,7 @@ impl Run {
                 continue;
             }
             match self.in_flight.next().await {
-                Some((line, result)) => self.settle(line, result)?,
+                Some((key, result)) => self.settle(key, result)?,
                 None => {
                     assert!(self.resend.is_empty(), "resends are handled before waiting");
                     assert!(
@@ -336,7 +372,8 @@ impl Run {
         }
     }
 
-    /// Reads one line and handles it: header, blank, skipped, rejected or sent.
+    /// Reads one line and handles it: header, blank, skipped, rejected or
+    /// sent (a wide line holds several readings: each is a row).
     async fn read_next(&mut self, producer: &dyn LogProducer, clock: &dyn Clock) -> Result<(), Stop> {
         let read = self.reader.next_line().map_err(|source| BackfillError::Io {
             op: "read",
@@ -354,108 +391,108 @@ impl Run {
             self.handled_through_line = number;
             return Ok(());
         }
-        if self.header.is_none() {
-            let header = self
-                .parse_header(number, truncated)
-                .map_err(BackfillError::Header)?;
-            self.header = Some(header);
-            self.handled_through_line = number;
-            return Ok(());
-        }
-        self.rows_read += 1;
-        let (reading, body) = match self.parse_row(number, truncated) {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                self.reject(&error)?;
-                self.handled_through_line = number;
-                if self.options.strict {
-                    return Err(Stop::Strict(error));
+        let in_header = self.decoder.wants_header();
+        let what = if in_header { "header" } else { "row" };
+        let text = match decode_text(&self.line_buffer, truncated) {
+            Ok(text) => text,
+            Err(reason) => {
+                let error = RowError::new(&self.file_label, number, what, reason);
+                if in_header {
+                    return Err(BackfillError::Header(error).into());
                 }
-                return Ok(());
+                self.decoded.clear();
+                self.decoded.push(Err(error));
+                return self.dispatch(number, producer, clock).await;
             }
         };
-        self.check_event_time(&reading, clock.now_ms());
-        if number <= self.resume_after_line {
-            self.rows_skipped_done += 1;
-            self.handled_through_line = number;
-            return Ok(());
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.clear();
+        let fed = self.decoder.line(number, text, &mut self.fields, &mut decoded);
+        self.decoded = decoded;
+        if let Err(error) = fed {
+            return Err(BackfillError::Header(error).into());
         }
-        let record = OutboundRecord {
-            topic: self.options.topic.clone(),
-            key: reading.sensor_id.into_bytes(),
-            partition: None,
-            value: to_wire(self.schema_id, &body),
-            timestamp_ms: reading.event_time_ms,
-            headers: vec![
-                (HEADER_GATEWAY_ID.to_owned(), reading.gateway_id.into_bytes()),
-                (HEADER_SEQ.to_owned(), reading.seq.to_string().into_bytes()),
-            ],
-        };
-        let previous = self.pending.insert(
-            number,
-            Pending {
-                record,
-                failures: 0,
-                resend_at: Instant::now(),
-            },
-        );
-        assert!(previous.is_none(), "line {number} read twice");
-        self.send(number, producer).await?;
+        self.dispatch(number, producer, clock).await
+    }
+
+    /// Rejects, skips or sends every reading decoded from line `number`.
+    async fn dispatch(
+        &mut self,
+        number: u64,
+        producer: &dyn LogProducer,
+        clock: &dyn Clock,
+    ) -> Result<(), Stop> {
+        let decoded = std::mem::take(&mut self.decoded);
+        for item in decoded {
+            self.rows_read += 1;
+            let (group, reading, body) = match item.and_then(|row| self.encode(row)) {
+                Ok(encoded) => encoded,
+                Err(error) => {
+                    self.reject(&error)?;
+                    if self.options.strict {
+                        self.handled_through_line = number;
+                        return Err(Stop::Strict(error));
+                    }
+                    continue;
+                }
+            };
+            self.check_event_time(&reading, clock.now_ms());
+            if number <= self.resume_after_line {
+                self.rows_skipped_done += 1;
+                continue;
+            }
+            let record = OutboundRecord {
+                topic: self.options.topic.clone(),
+                key: reading.sensor_id.into_bytes(),
+                partition: None,
+                value: to_wire(self.schema_id, &body),
+                timestamp_ms: reading.event_time_ms,
+                headers: vec![
+                    (HEADER_GATEWAY_ID.to_owned(), reading.gateway_id.into_bytes()),
+                    (HEADER_SEQ.to_owned(), reading.seq.to_string().into_bytes()),
+                ],
+            };
+            let key = (number, group);
+            let previous = self.pending.insert(
+                key,
+                Pending {
+                    record,
+                    failures: 0,
+                    resend_at: Instant::now(),
+                },
+            );
+            assert!(previous.is_none(), "row {key:?} read twice");
+            self.send(key, producer).await?;
+        }
         self.handled_through_line = number;
         Ok(())
     }
 
-    fn parse_header(&mut self, number: u64, truncated: bool) -> Result<LogHeader, RowError> {
-        let error = |reason: String| RowError::new(&self.file_label, number, "header", reason);
-        if truncated {
-            return Err(error(format!("line longer than {MAX_LINE_BYTES} bytes")));
-        }
-        let text = std::str::from_utf8(&self.line_buffer)
-            .map_err(|e| error(format!("not valid UTF-8 (at byte {})", e.valid_up_to())))?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        self.fields.split(text).map_err(|e| error(e.to_string()))?;
-        LogHeader::parse(&self.fields, &self.file_label, number)
-    }
-
-    /// Parses and validates a data row into a reading and its Avro body.
-    fn parse_row(&mut self, number: u64, truncated: bool) -> Result<(Reading, Vec<u8>), RowError> {
-        let file = &self.file_label;
-        let row_error = |reason: String| RowError::new(file, number, "row", reason);
-        if truncated {
-            return Err(row_error(format!("line longer than {MAX_LINE_BYTES} bytes")));
-        }
-        let text = std::str::from_utf8(&self.line_buffer)
-            .map_err(|e| row_error(format!("not valid UTF-8 (at byte {})", e.valid_up_to())))?;
-        self.fields.split(text).map_err(|e| row_error(e.to_string()))?;
-        let header = self.header.as_ref().expect("rows come after the header");
-        let row = header.parse_row(&self.fields, file, number, self.options.default_depth_cm)?;
+    /// Validates a decoded row into a reading and its Avro body.
+    fn encode(&self, row: ParsedRow) -> Result<(u32, Reading, Vec<u8>), RowError> {
+        let (number, group) = (row.line, row.group);
+        let planted_zero = self.options.planted.missing_temperature_as_zero && row.soil_temp_c.is_none();
         let reading = Reading {
             gateway_id: self.options.gateway_id.clone(),
             sensor_id: row.sensor_id,
             seq: number,
             event_time_ms: row.event_time_ms,
             moisture_vwc: row.moisture_vwc,
-            soil_temp_c: row.soil_temp_c,
+            soil_temp_c: if planted_zero { Some(0.0) } else { row.soil_temp_c },
             bulk_ec_ds_m: row.bulk_ec_ds_m,
             depth_cm: row.depth_cm,
             battery_v: row.battery_v,
+            source_flag: row.source_flag,
         };
         if let Err(invalid) = reading.check_structure() {
-            let column = match invalid.field {
-                "sensor_id" => header.name_of(Column::SensorId),
-                "moisture_vwc" => header.name_of(Column::Moisture),
-                "soil_temp_c" => header.name_of(Column::Temperature),
-                "bulk_ec_ds_m" => header.name_of(Column::Ec),
-                "battery_v" => header.name_of(Column::BatteryV),
-                _ => "row",
-            };
-            return Err(RowError::new(file, number, column, invalid.reason));
+            let column = self.decoder.column_of(invalid.field, group);
+            return Err(RowError::new(&self.file_label, number, column, invalid.reason));
         }
         let body = self
             .codec
             .encode_body(&reading)
-            .map_err(|e| row_error(e.to_string()))?;
-        Ok((reading, body))
+            .map_err(|e| RowError::new(&self.file_label, number, "row", e.to_string()))?;
+        Ok((group, reading, body))
     }
 
     fn reject(&mut self, error: &RowError) -> Result<(), BackfillError> {
@@ -504,11 +541,11 @@ impl Run {
         }
     }
 
-    /// Enqueues the pending row on `line`, after the rate limit allows it,
+    /// Enqueues the pending row `key`, after the rate limit allows it,
     /// backing off while the producer's queue is full.
-    async fn send(&mut self, line: u64, producer: &dyn LogProducer) -> Result<(), Stop> {
+    async fn send(&mut self, key: RowKey, producer: &dyn LogProducer) -> Result<(), Stop> {
         assert!(
-            !self.resend.contains(&line),
+            !self.resend.contains(&key),
             "a row is sent or queued for resend, not both"
         );
         while let Some(bucket) = self.bucket.as_mut() {
@@ -518,12 +555,12 @@ impl Run {
             }
         }
         loop {
-            let record = self.pending[&line].record.clone();
+            let record = self.pending[&key].record.clone();
             match producer.enqueue(record) {
                 Ok(delivery) => {
                     self.queue_full_backoff = QUEUE_FULL_FIRST_BACKOFF;
                     self.in_flight
-                        .push(async move { (line, delivery.await) }.boxed_local());
+                        .push(async move { (key, delivery.await) }.boxed_local());
                     return Ok(());
                 }
                 Err(ProduceError::QueueFull) => {
@@ -531,7 +568,7 @@ impl Run {
                     self.queue_full_backoff = (self.queue_full_backoff * 2).min(QUEUE_FULL_MAX_BACKOFF);
                     self.wait_until(deadline).await?;
                 }
-                Err(error) => return self.delivery_failed(line, error),
+                Err(error) => return self.delivery_failed(key, error),
             }
         }
     }
@@ -548,37 +585,38 @@ impl Run {
                 completed = self.in_flight.next() => completed,
                 () = tokio::time::sleep_until(deadline) => None,
             };
-            if let Some((line, result)) = completed {
-                self.settle(line, result)?;
+            if let Some((key, result)) = completed {
+                self.settle(key, result)?;
             }
         }
         Ok(())
     }
 
-    fn settle(&mut self, line: u64, result: Result<RecordPosition, ProduceError>) -> Result<(), Stop> {
+    fn settle(&mut self, key: RowKey, result: Result<RecordPosition, ProduceError>) -> Result<(), Stop> {
         match result {
             Ok(_position) => {
-                let settled = self.pending.remove(&line);
+                let settled = self.pending.remove(&key);
                 assert!(
                     settled.is_some(),
-                    "a delivery report for line {line}, which is not pending"
+                    "a delivery report for row {key:?}, which is not pending"
                 );
                 self.rows_produced += 1;
                 self.acked_since_checkpoint += 1;
                 Ok(())
             }
-            Err(error) => self.delivery_failed(line, error),
+            Err(error) => self.delivery_failed(key, error),
         }
     }
 
-    /// Queues the row on `line` for a resend after a backoff, or stops the
-    /// run when the producer is unusable or the attempts are used up.
-    fn delivery_failed(&mut self, line: u64, error: ProduceError) -> Result<(), Stop> {
+    /// Queues the row `key` for a resend after a backoff, or stops the run
+    /// when the producer is unusable or the attempts are used up.
+    fn delivery_failed(&mut self, key: RowKey, error: ProduceError) -> Result<(), Stop> {
+        let line = key.0;
         if matches!(error, ProduceError::Fatal(_)) {
             return Err(Stop::Delivery { line, error });
         }
         let max_attempts = self.options.max_delivery_attempts;
-        let pending = self.pending.get_mut(&line).expect("a failed row is pending");
+        let pending = self.pending.get_mut(&key).expect("a failed row is pending");
         pending.failures += 1;
         if pending.failures >= max_attempts {
             return Err(Stop::Delivery { line, error });
@@ -589,8 +627,8 @@ impl Run {
         pending.resend_at = Instant::now() + backoff;
         tracing::warn!(line, failures = pending.failures, %error, "delivery failed; resending");
         self.delivery_retries += 1;
-        let queued = self.resend.insert(line);
-        assert!(queued, "line {line} queued for resend twice");
+        let queued = self.resend.insert(key);
+        assert!(queued, "row {key:?} queued for resend twice");
         Ok(())
     }
 
@@ -612,6 +650,7 @@ impl Run {
             gateway_id: self.options.gateway_id.clone(),
             topic: self.options.topic.clone(),
             default_depth_cm: self.options.default_depth_cm,
+            decoding: self.options.decoding_digest(),
             acked_through_line: line,
         })?;
         self.checkpointed_line = line;
@@ -684,12 +723,19 @@ impl Run {
                 summary: Box::new(self.summary(false)),
             });
         }
-        if self.header.is_none() {
+        if self.decoder.wants_header() {
+            let what = match self.decoder.format() {
+                Some(format) => format!(
+                    "the {} header is incomplete: the file ends inside it",
+                    format.name()
+                ),
+                None => "no header row: the file is empty or blank".to_owned(),
+            };
             return Err(BackfillError::Header(RowError::new(
                 &self.file_label,
                 1,
                 "header",
-                "no header row: the file is empty or blank",
+                what,
             )));
         }
         if self.resume_after_line > last_line {
@@ -739,4 +785,14 @@ impl Run {
             Stop::Other(error) => error,
         }
     }
+}
+
+/// The text of a line, or why it cannot be read.
+fn decode_text(bytes: &[u8], truncated: bool) -> Result<&str, String> {
+    if truncated {
+        return Err(format!("line longer than {MAX_LINE_BYTES} bytes"));
+    }
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
+    Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
 }

@@ -244,8 +244,11 @@ fn identity(record: &OutboundRecord) -> (String, String, u64) {
 
 fn decode(record: &OutboundRecord) -> crate::model::Reading {
     let (schema_id, body) = from_wire(&record.value).unwrap();
-    assert_eq!(schema_id, 1, "the in-process registry's first id");
-    ReadingCodec::v1().decode_body(body).unwrap()
+    assert_eq!(
+        schema_id, 2,
+        "the backfill registers v1 first (id 1), then v3 (id 2), and writes v3"
+    );
+    ReadingCodec::v3().decode_body(body).unwrap()
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -639,7 +642,7 @@ async fn row_errors_name_the_file_line_and_column() {
     assert_eq!(
         reasons,
         [
-            "3: row: line longer than 4096 bytes",
+            "3: row: line longer than 16384 bytes",
             "4: row: not valid UTF-8 (at byte 21)",
             "5: row: unterminated quoted field (quoted fields cannot span lines)",
             "6: Probe: contains control characters",
@@ -663,7 +666,8 @@ async fn header_problems_stop_the_run() {
         ("", ":1: header: no header row"),
         (
             "\np1,2024-05-01T06:00:00+02:00,0.3,14\n",
-            ":2: header: no known column name",
+            ":2: format: the format is not recognised from its first line \"p1,2024-05-01T06:00:00+02:00,0.3,14\"; \
+             tried: toa5 (first field \"TOA5\"), ismn",
         ),
     ] {
         std::fs::write(&csv, content).unwrap();

@@ -109,10 +109,11 @@ mod tests {
             seq,
             event_time_ms: 1_700_000_000_000 + seq as i64,
             moisture_vwc: 0.25,
-            soil_temp_c: 12.0,
+            soil_temp_c: Some(12.0),
             bulk_ec_ds_m: None,
             depth_cm: 10,
             battery_v: None,
+            source_flag: None,
         }
     }
 

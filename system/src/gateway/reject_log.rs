@@ -109,10 +109,11 @@ mod tests {
             seq,
             event_time_ms: 5,
             moisture_vwc: f64::NAN,
-            soil_temp_c: 1.0,
+            soil_temp_c: Some(1.0),
             bulk_ec_ds_m: None,
             depth_cm: 1,
             battery_v: None,
+            source_flag: None,
         }
     }
 

@@ -106,10 +106,13 @@ impl Sampler {
                 seq,
                 event_time_ms,
                 moisture_vwc: m.moisture_vwc,
-                soil_temp_c: m.soil_temp_c,
+                // The gateway's probes always measure a temperature, and
+                // its spool holds schema v1, which requires one.
+                soil_temp_c: Some(m.soil_temp_c),
                 bulk_ec_ds_m: m.bulk_ec_ds_m,
                 depth_cm: m.depth_cm,
                 battery_v: m.battery_v,
+                source_flag: None,
             };
             self.metrics.readings_sampled.inc();
             self.observer.on_sampled(&reading);

@@ -11,7 +11,7 @@
 //! temporary file, `fdatasync`, rename, sync the directory):
 //!
 //! ```text
-//! magic "SQC1" | crc32c: u32 BE of the payload | length: u64 BE | payload (postcard)
+//! magic "SQC2" | crc32c: u32 BE of the payload | length: u64 BE | payload (postcard)
 //! ```
 
 use super::config::QaqcSettings;
@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 4] = b"SQC1";
+/// `SQC2` since readings' temperatures became optional (an `SQC1`
+/// checkpoint is ignored and the state rebuilt from the outputs).
+const MAGIC: &[u8; 4] = b"SQC2";
 const HEADER_BYTES: usize = 16;
 /// Largest checkpoint read back, bytes.
 pub const CHECKPOINT_MAX_BYTES: u64 = 1 << 30;

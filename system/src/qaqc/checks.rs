@@ -254,7 +254,7 @@ pub fn value_checks(reading: &Reading, now_ms: i64, config: &CheckConfig) -> Res
     use QuarantineReason as R;
     let finite = [
         ("moisture_vwc", Some(reading.moisture_vwc)),
-        ("soil_temp_c", Some(reading.soil_temp_c)),
+        ("soil_temp_c", reading.soil_temp_c),
         ("bulk_ec_ds_m", reading.bulk_ec_ds_m),
         ("battery_v", reading.battery_v),
     ];
@@ -283,8 +283,9 @@ pub fn value_checks(reading: &Reading, now_ms: i64, config: &CheckConfig) -> Res
             format!("moisture {m} m3/m3 is above the saturation point {saturation} m3/m3"),
         ));
     }
-    let t = reading.soil_temp_c;
-    if t < config.soil_temp_min_c || t > config.soil_temp_max_c {
+    if let Some(t) = reading.soil_temp_c
+        && (t < config.soil_temp_min_c || t > config.soil_temp_max_c)
+    {
         return Err(Rejection::new(
             R::ImplausibleValue,
             format!(
@@ -353,10 +354,11 @@ mod tests {
             seq: 1,
             event_time_ms: 1_777_593_600_000,
             moisture_vwc: 0.25,
-            soil_temp_c: 12.0,
+            soil_temp_c: Some(12.0),
             bulk_ec_ds_m: Some(0.5),
             depth_cm: 10,
             battery_v: Some(3.6),
+            source_flag: None,
         }
     }
 
@@ -382,7 +384,7 @@ mod tests {
             (Box::new(|r| r.moisture_vwc = 0.55), R::C03),
             (Box::new(|r| r.moisture_vwc = f64::NAN), R::NonFinite),
             (Box::new(|r| r.battery_v = Some(f64::INFINITY)), R::NonFinite),
-            (Box::new(|r| r.soil_temp_c = 1e300), R::ImplausibleValue),
+            (Box::new(|r| r.soil_temp_c = Some(1e300)), R::ImplausibleValue),
             (Box::new(|r| r.depth_cm = i32::MAX), R::ImplausibleValue),
             (
                 Box::new(|r| r.event_time_ms = 253_402_300_799_000),

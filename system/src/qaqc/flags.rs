@@ -300,7 +300,7 @@ pub struct SeriesView<'a> {
     /// Moisture, vol%.
     pub moisture_pct: &'a [f64],
     /// Soil temperature, °C.
-    pub soil_temp_c: &'a [f64],
+    pub soil_temp_c: &'a [Option<f64>],
     /// Supply voltage, V.
     pub battery_v: &'a [Option<f64>],
 }
@@ -371,7 +371,7 @@ pub fn flags_at(
     series.check();
     assert!(i < series.len(), "index {i} outside a series of {}", series.len());
     let mut flags = FlagSet::EMPTY;
-    if series.soil_temp_c[i] < config.d01_soil_temp_max_c {
+    if series.soil_temp_c[i].is_some_and(|t| t < config.d01_soil_temp_max_c) {
         flags.insert(Flag::D01);
     }
     if series.battery_v[i].is_some_and(|v| v < config.battery_low_v) {
@@ -411,7 +411,7 @@ pub fn far_candidate(s: SeriesView<'_>, i: usize, config: &FlagConfig, saturatio
     let m = s.moisture_pct;
     if i >= 1
         && m[i].to_bits() == m[i - 1].to_bits()
-        && s.soil_temp_c[i].to_bits() == s.soil_temp_c[i - 1].to_bits()
+        && s.soil_temp_c[i].map(f64::to_bits) == s.soil_temp_c[i - 1].map(f64::to_bits)
     {
         return true;
     }
@@ -443,7 +443,7 @@ pub fn lookahead_complete(series: SeriesView<'_>, i: usize, config: &FlagConfig)
 fn is_stuck(s: SeriesView<'_>, i: usize, config: &FlagConfig) -> bool {
     let same = |j: usize| {
         s.moisture_pct[j].to_bits() == s.moisture_pct[i].to_bits()
-            && s.soil_temp_c[j].to_bits() == s.soil_temp_c[i].to_bits()
+            && s.soil_temp_c[j].map(f64::to_bits) == s.soil_temp_c[i].map(f64::to_bits)
     };
     if i == 0 || !same(i - 1) {
         return false;
@@ -608,7 +608,7 @@ mod tests {
     struct Series {
         times: Vec<i64>,
         moisture: Vec<f64>,
-        temp: Vec<f64>,
+        temp: Vec<Option<f64>>,
         battery: Vec<Option<f64>>,
     }
 
@@ -621,7 +621,7 @@ mod tests {
                 temp: moisture
                     .iter()
                     .enumerate()
-                    .map(|(i, _)| 15.0 + i as f64 * 0.01)
+                    .map(|(i, _)| Some(15.0 + i as f64 * 0.01))
                     .collect(),
                 battery: vec![Some(3.6); moisture.len()],
             }
@@ -739,7 +739,7 @@ mod tests {
         let mut s = Series::minutely(&drying(80));
         for i in 40..75 {
             s.moisture[i] = 21.5;
-            s.temp[i] = 13.25;
+            s.temp[i] = Some(13.25);
         }
         // 30 min of identical readings: the reading 30 min after the first
         // identical one is the first flagged.
@@ -749,7 +749,9 @@ mod tests {
     #[test]
     fn frozen_soil_and_low_battery() {
         let mut s = Series::minutely(&drying(10));
-        s.temp[3] = -0.5;
+        s.temp[3] = Some(-0.5);
+        // No temperature: D01 has nothing to judge.
+        s.temp[4] = None;
         s.battery[5] = Some(3.1);
         s.battery[6] = None;
         assert_eq!(s.flagged(Flag::D01), [3]);

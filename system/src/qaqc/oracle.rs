@@ -31,7 +31,7 @@ pub struct CleanPoint {
     /// Moisture, vol%.
     pub moisture_pct: f64,
     /// Soil temperature, °C.
-    pub soil_temp_c: f64,
+    pub soil_temp_c: Option<f64>,
     /// Bulk EC, dS/m.
     pub bulk_ec_ds_m: Option<f64>,
     /// Supply voltage, V.
@@ -107,7 +107,7 @@ pub fn expected_flags<'a>(
         });
         let times: Vec<i64> = series.iter().map(|p| p.event_time_ms).collect();
         let moisture: Vec<f64> = series.iter().map(|p| p.moisture_pct).collect();
-        let temp: Vec<f64> = series.iter().map(|p| p.soil_temp_c).collect();
+        let temp: Vec<Option<f64>> = series.iter().map(|p| p.soil_temp_c).collect();
         let battery: Vec<Option<f64>> = series.iter().map(|p| p.battery_v).collect();
         let view = SeriesView {
             times_ms: &times,

@@ -53,8 +53,8 @@ pub struct CleanReading {
     pub event_time: i64,
     /// Moisture, vol%.
     pub moisture_pct: f64,
-    /// Soil temperature, °C.
-    pub soil_temp_c: f64,
+    /// Soil temperature, °C (`None`: the source recorded none).
+    pub soil_temp_c: Option<f64>,
     /// Bulk EC, dS/m.
     pub bulk_ec_ds_m: Option<f64>,
     /// Depth, cm.
@@ -67,6 +67,9 @@ pub struct CleanReading {
     pub lookahead_complete: bool,
     /// Schema id of the raw record.
     pub source_schema_id: i32,
+    /// The provider's quality flag, verbatim from the raw reading.
+    #[serde(default)]
+    pub source_flag: Option<String>,
 }
 
 impl CleanReading {
@@ -91,6 +94,7 @@ impl CleanReading {
             flags,
             lookahead_complete,
             source_schema_id: source_schema_id as i32,
+            source_flag: reading.source_flag,
         }
     }
 }
@@ -135,12 +139,12 @@ pub struct WindowAggregate {
     pub moisture_pct_min: f64,
     /// Highest moisture, vol%.
     pub moisture_pct_max: f64,
-    /// Mean temperature, °C.
-    pub soil_temp_c_mean: f64,
+    /// Mean temperature, °C, over the readings that carry one.
+    pub soil_temp_c_mean: Option<f64>,
     /// Lowest temperature, °C.
-    pub soil_temp_c_min: f64,
+    pub soil_temp_c_min: Option<f64>,
     /// Highest temperature, °C.
-    pub soil_temp_c_max: f64,
+    pub soil_temp_c_max: Option<f64>,
     /// Mean bulk EC, dS/m.
     pub bulk_ec_ds_m_mean: Option<f64>,
     /// The sensor's high-water at emission, ms.
@@ -289,13 +293,14 @@ mod tests {
             seq: 12,
             event_time: 1_777_593_600_000,
             moisture_pct: 23.45,
-            soil_temp_c: 11.5,
+            soil_temp_c: Some(11.5),
             bulk_ec_ds_m: Some(0.56),
             depth_cm: 30,
             battery_v: None,
             flags: vec!["D06".into(), "STUCK".into()],
             lookahead_complete: false,
             source_schema_id: 3,
+            source_flag: Some("D03,D05".into()),
         }
     }
 
@@ -336,9 +341,9 @@ mod tests {
             moisture_pct_mean: 20.0,
             moisture_pct_min: 19.0,
             moisture_pct_max: 21.0,
-            soil_temp_c_mean: 10.0,
-            soil_temp_c_min: 9.0,
-            soil_temp_c_max: 11.0,
+            soil_temp_c_mean: Some(10.0),
+            soil_temp_c_min: Some(9.0),
+            soil_temp_c_max: None,
             bulk_ec_ds_m_mean: None,
             sensor_watermark: 300_000,
             historical: false,

@@ -327,7 +327,7 @@ pub async fn run_qaqc(
             topic: settings.topics.raw.clone(),
             reason: e.to_string(),
         })?;
-    let decoder = ReadingDecoder::with_registry(registry.clone(), ReadingCodec::v1());
+    let decoder = ReadingDecoder::with_registry(registry.clone(), ReadingCodec::reader());
     let rebuilder = Rc::new(Rebuilder {
         settings: settings.clone(),
         ids,

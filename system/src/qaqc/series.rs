@@ -23,7 +23,7 @@ pub struct Point {
     /// Moisture, vol%.
     pub moisture_pct: f64,
     /// Soil temperature, °C.
-    pub soil_temp_c: f64,
+    pub soil_temp_c: Option<f64>,
     /// Supply voltage, V.
     pub battery_v: Option<f64>,
     /// Digest of the reading's values (dedup compares repeats with it).
@@ -46,7 +46,7 @@ pub struct EmittedFlags {
 pub struct SensorSeries {
     times_ms: Vec<i64>,
     moisture_pct: Vec<f64>,
-    soil_temp_c: Vec<f64>,
+    soil_temp_c: Vec<Option<f64>>,
     battery_v: Vec<Option<f64>>,
     gateway_ids: Vec<String>,
     seqs: Vec<u64>,
@@ -278,7 +278,7 @@ mod tests {
             gateway_id: gw.into(),
             seq,
             moisture_pct: moisture,
-            soil_temp_c: 12.0 + (seq % 7) as f64 * 0.1,
+            soil_temp_c: Some(12.0 + (seq % 7) as f64 * 0.1),
             battery_v: Some(3.6),
             payload_digest: seq,
         }

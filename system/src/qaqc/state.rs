@@ -46,14 +46,16 @@ pub fn payload_digest(r: &Reading) -> u64 {
     field(&r.seq.to_be_bytes());
     field(&r.event_time_ms.to_be_bytes());
     field(&r.moisture_vwc.to_bits().to_be_bytes());
-    field(&r.soil_temp_c.to_bits().to_be_bytes());
-    for optional in [r.bulk_ec_ds_m, r.battery_v] {
+    for optional in [r.soil_temp_c, r.bulk_ec_ds_m, r.battery_v] {
         match optional {
             Some(v) => field(&v.to_bits().to_be_bytes()),
             None => field(&[]),
         }
     }
     field(&r.depth_cm.to_be_bytes());
+    if let Some(flag) = &r.source_flag {
+        field(flag.as_bytes());
+    }
     let out = hash.finalize();
     u64::from_be_bytes(out[..8].try_into().expect("a SHA-256 digest has 8 bytes"))
 }

@@ -34,10 +34,11 @@ fn reading(sensor: usize, gateway: &str, seq: u64, t: i64, moisture: f64) -> Rea
         seq,
         event_time_ms: t,
         moisture_vwc: moisture,
-        soil_temp_c: 10.0 + (seq % 13) as f64 * 0.25,
+        soil_temp_c: Some(10.0 + (seq % 13) as f64 * 0.25),
         bulk_ec_ds_m: Some(0.05 + 2.2 * moisture.max(0.0)),
         depth_cm: [10, 30, 60][sensor % 3],
         battery_v: Some(3.6),
+        source_flag: None,
     }
 }
 

@@ -35,6 +35,8 @@ pub struct WindowAcc {
     pub moisture_min_pct: f64,
     /// Highest moisture, vol%.
     pub moisture_max_pct: f64,
+    /// Readings with a soil temperature.
+    pub temp_count: u32,
     /// Sum of soil temperature, nano-°C.
     pub temp_sum_nano: i128,
     /// Lowest soil temperature, °C.
@@ -54,6 +56,7 @@ impl Default for WindowAcc {
             moisture_sum_nano: 0,
             moisture_min_pct: f64::INFINITY,
             moisture_max_pct: f64::NEG_INFINITY,
+            temp_count: 0,
             temp_sum_nano: 0,
             temp_min_c: f64::INFINITY,
             temp_max_c: f64::NEG_INFINITY,
@@ -65,8 +68,8 @@ impl Default for WindowAcc {
 
 impl WindowAcc {
     /// Adds one reading (finite values only: hard checks quarantine others).
-    pub fn add(&mut self, moisture_pct: f64, soil_temp_c: f64, bulk_ec_ds_m: Option<f64>) {
-        debug_assert!(moisture_pct.is_finite() && soil_temp_c.is_finite());
+    pub fn add(&mut self, moisture_pct: f64, soil_temp_c: Option<f64>, bulk_ec_ds_m: Option<f64>) {
+        debug_assert!(moisture_pct.is_finite());
         if let Some(ec) = bulk_ec_ds_m {
             debug_assert!(ec.is_finite());
             self.ec_count += 1;
@@ -76,9 +79,13 @@ impl WindowAcc {
         self.moisture_sum_nano += to_nano(moisture_pct);
         self.moisture_min_pct = self.moisture_min_pct.min(moisture_pct);
         self.moisture_max_pct = self.moisture_max_pct.max(moisture_pct);
-        self.temp_sum_nano += to_nano(soil_temp_c);
-        self.temp_min_c = self.temp_min_c.min(soil_temp_c);
-        self.temp_max_c = self.temp_max_c.max(soil_temp_c);
+        if let Some(t) = soil_temp_c {
+            debug_assert!(t.is_finite());
+            self.temp_count += 1;
+            self.temp_sum_nano += to_nano(t);
+            self.temp_min_c = self.temp_min_c.min(t);
+            self.temp_max_c = self.temp_max_c.max(t);
+        }
     }
 
     /// Mean moisture, vol% (0 for an empty window).
@@ -86,9 +93,9 @@ impl WindowAcc {
         mean(self.moisture_sum_nano, self.count)
     }
 
-    /// Mean soil temperature, °C (0 for an empty window).
-    pub fn temp_mean_c(&self) -> f64 {
-        mean(self.temp_sum_nano, self.count)
+    /// Mean soil temperature over the readings that carry one, °C.
+    pub fn temp_mean_c(&self) -> Option<f64> {
+        (self.temp_count > 0).then(|| mean(self.temp_sum_nano, self.temp_count))
     }
 
     /// The values as written.
@@ -99,8 +106,8 @@ impl WindowAcc {
             moisture_min_pct: self.moisture_min_pct,
             moisture_max_pct: self.moisture_max_pct,
             temp_mean_c: self.temp_mean_c(),
-            temp_min_c: self.temp_min_c,
-            temp_max_c: self.temp_max_c,
+            temp_min_c: (self.temp_count > 0).then_some(self.temp_min_c),
+            temp_max_c: (self.temp_count > 0).then_some(self.temp_max_c),
             ec_mean_ds_m: self.ec_mean_ds_m(),
         }
     }
@@ -130,12 +137,12 @@ pub struct WindowValues {
     pub moisture_min_pct: f64,
     /// Highest moisture, vol%.
     pub moisture_max_pct: f64,
-    /// Mean temperature, °C.
-    pub temp_mean_c: f64,
+    /// Mean temperature, °C (`None`: no reading carries one).
+    pub temp_mean_c: Option<f64>,
     /// Lowest temperature, °C.
-    pub temp_min_c: f64,
+    pub temp_min_c: Option<f64>,
     /// Highest temperature, °C.
-    pub temp_max_c: f64,
+    pub temp_max_c: Option<f64>,
     /// Mean bulk EC, dS/m.
     pub ec_mean_ds_m: Option<f64>,
 }
@@ -206,7 +213,7 @@ impl SensorWindows {
         size_ms: i64,
         depth_cm: i32,
         moisture_pct: f64,
-        temp_c: f64,
+        temp_c: Option<f64>,
         bulk_ec_ds_m: Option<f64>,
     ) -> i64 {
         let start = window_start(event_time_ms, size_ms);
@@ -306,11 +313,13 @@ mod tests {
         ];
         let mut forward = WindowAcc::default();
         let mut backward = WindowAcc::default();
-        values.iter().for_each(|(m, t)| forward.add(*m, *t, Some(0.1)));
+        values
+            .iter()
+            .for_each(|(m, t)| forward.add(*m, Some(*t), Some(0.1)));
         values
             .iter()
             .rev()
-            .for_each(|(m, t)| backward.add(*m, *t, Some(0.1)));
+            .for_each(|(m, t)| backward.add(*m, Some(*t), Some(0.1)));
         assert_eq!(forward, backward);
         assert_eq!(forward.count, 4);
         assert_eq!(forward.moisture_min_pct, 0.1 + 0.2);
@@ -323,19 +332,19 @@ mod tests {
         let size = 300_000;
         let mut w = SensorWindows::default();
         assert_eq!(window_start(-1, size), -size);
-        let start = w.add(1_000, size, 10, 20.0, 10.0, None);
+        let start = w.add(1_000, size, 10, 20.0, Some(10.0), None);
         assert_eq!(start, 0);
         assert_eq!(w.due(size, Some(299_999)), Vec::<i64>::new());
         assert_eq!(w.due(size, Some(300_000)), vec![0]);
         let values = w.get(0).unwrap().acc.values();
         w.record_emitted(0, 10, EmittedWindow { revision: 1, values });
         assert!(w.due(size, None).is_empty());
-        w.add(2_000, size, 10, 22.0, 10.0, None);
+        w.add(2_000, size, 10, 22.0, None, None);
         assert_eq!(w.due(size, None), vec![0]);
         // An older revision read back late does not win.
         w.record_emitted(0, 10, EmittedWindow { revision: 0, values });
         assert_eq!(w.get(0).unwrap().emitted.unwrap().revision, 1);
-        w.add(900_000, size, 10, 22.0, 10.0, None);
+        w.add(900_000, size, 10, 22.0, Some(10.0), None);
         assert_eq!(w.evict_before(600_000, size), 1);
         assert_eq!(w.len(), 1);
     }
